@@ -1,0 +1,97 @@
+"""``allow``: add or remove an info-hash in the tracker's allow-list file, atomically.
+
+The tracker rereads the file when it changes; each edit writes a new file
+next to it and renames it into place, so the tracker never reads half a
+list and two edits never interleave lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import tempfile
+from typing import Any
+
+from fabmurder.errors import ConfigError
+from fabmurder.host.cli import EXIT_OK, emit, run
+
+
+def validate_info_hash(text: str) -> str:
+    """Return ``text`` lower-cased if it is 40 hex digits.
+
+    :raises ConfigError: otherwise.
+    """
+    value = text.strip().lower()
+    if len(value) != 40 or any(c not in "0123456789abcdef" for c in value):
+        raise ConfigError(f"info-hash {text!r} is not 40 hex digits", key="info_hash")
+    return value
+
+
+def read_hashes(path: str) -> list[str]:
+    """Return the info-hashes listed in the allow file, in order (empty if it is missing)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except FileNotFoundError:
+        return []
+    hashes = []
+    for line in lines:
+        word = line.split("#", 1)[0].strip().lower()
+        if len(word) == 40 and all(c in "0123456789abcdef" for c in word) and word not in hashes:
+            hashes.append(word)
+    return hashes
+
+
+def update(path: str, add: str | None = None, remove: str | None = None) -> dict[str, Any]:
+    """Add and/or remove one info-hash in the allow file and return what changed.
+
+    :raises ConfigError: if an info-hash is not 40 hex digits.
+    """
+    add = validate_info_hash(add) if add else None
+    remove = validate_info_hash(remove) if remove else None
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    # A lock beside the file serialises concurrent edits; the rename keeps readers safe.
+    with open(os.path.join(directory, "." + os.path.basename(path) + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        hashes = read_hashes(path)
+        changed = False
+        if add and add not in hashes:
+            hashes.append(add)
+            changed = True
+        if remove and remove in hashes:
+            hashes.remove(remove)
+            changed = True
+        if changed or not os.path.exists(path):
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".tmp-")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write("".join(h + "\n" for h in hashes))
+                os.chmod(tmp, 0o644)
+                os.rename(tmp, path)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+    return {"file": os.path.abspath(path), "changed": changed, "hashes": hashes}
+
+
+def parser() -> argparse.ArgumentParser:
+    """Return the ``allow`` argument parser."""
+    p = argparse.ArgumentParser(prog="fabmurder allow", description=__doc__)
+    p.add_argument("--file", required=True, help="the tracker's allow file")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--add", help="info-hash (40 hex digits) to allow")
+    group.add_argument("--remove", help="info-hash (40 hex digits) to forget")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Run ``allow`` and print what changed."""
+
+    def body(args: argparse.Namespace) -> int:
+        emit(update(args.file, add=args.add, remove=args.remove))
+        return EXIT_OK
+
+    return run(parser(), argv, body)

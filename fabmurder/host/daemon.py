@@ -1,0 +1,315 @@
+"""``daemon``: detach a host-side command, and stop it again by a PID file that proves it is ours.
+
+``start`` double-forks the command into its own session (stdin from
+``/dev/null``, stdout and stderr appended to a log) so that the SSH call
+that started it returns at once, and waits until the command says it is
+ready through a pipe whose descriptor is passed in ``FABMURDER_READY_FD``.
+The command itself writes the PID file when it becomes ready
+(:func:`notify_ready`), with the process's start time from
+``/proc/<pid>/stat``: ``stop`` signals a PID only if its start time and
+command line still match, so a recycled or forged PID is never killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import sys
+import tempfile
+import time
+from typing import Any
+
+from fabmurder.host.cli import EXIT_FAILED, EXIT_OK, EXIT_RUNNING, EXIT_USAGE, emit, fail
+
+READY_FD_ENV = "FABMURDER_READY_FD"
+PID_FILE_ENV = "FABMURDER_PID_FILE"
+ROLE_ENV = "FABMURDER_ROLE"
+#: bytes of the log shown when a daemon dies before it is ready
+LOG_TAIL_BYTES = 4000
+
+
+def proc_starttime(pid: int) -> int | None:
+    """Return field 22 of ``/proc/<pid>/stat`` (start time in clock ticks), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def proc_cmdline(pid: int) -> list[str]:
+    """Return the command line of ``pid`` (empty if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return [part.decode("utf-8", "replace") for part in fh.read().split(b"\0") if part]
+    except OSError:
+        return []
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return True
+    return data[data.rfind(b")") + 2 :].split()[:1] == [b"Z"]
+
+
+def read_pid_file(path: str) -> dict[str, Any] | None:
+    """Return the PID file's record, or None if it is missing or malformed."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            record = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("pid"), int)
+        or isinstance(record.get("pid"), bool)
+        or record["pid"] <= 1
+        or not isinstance(record.get("starttime"), int)
+    ):
+        return None
+    return record
+
+
+def is_ours(record: dict[str, Any] | None) -> bool:
+    """Return True if the process named by a PID-file record is alive and is that very process.
+
+    The start time must match field 22 of ``/proc/<pid>/stat`` and the command
+    line must be a fabmurder one, so a recycled or forged PID never passes.
+    """
+    if not record:
+        return False
+    pid = record["pid"]
+    if proc_starttime(pid) != record["starttime"] or _is_zombie(pid):
+        return False
+    return any("fabmurder" in part for part in proc_cmdline(pid))
+
+
+def _write_json_atomically(path: str, obj: Any) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh)
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def notify_ready() -> None:
+    """Tell ``daemon start`` this process is ready: write the PID file, then signal the pipe.
+
+    A no-op when the process was not started by ``daemon start``.
+    """
+    fd_text = os.environ.pop(READY_FD_ENV, None)
+    pid_file = os.environ.pop(PID_FILE_ENV, None)
+    if fd_text is None:
+        return
+    pid = os.getpid()
+    if pid_file:
+        _write_json_atomically(
+            pid_file,
+            {
+                "pid": pid,
+                "starttime": proc_starttime(pid),
+                "role": os.environ.get(ROLE_ENV, ""),
+                "argv": proc_cmdline(pid),
+            },
+        )
+    try:
+        fd = int(fd_text)
+        os.write(fd, b"ready\n")
+        os.close(fd)
+    except (OSError, ValueError):
+        pass
+
+
+def _log_tail(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - LOG_TAIL_BYTES))
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _child(command: list[str], pid_file: str, log: str, write_fd: int) -> None:
+    """Become the daemon: new session, second fork, redirect, run the command in-process."""
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(null)
+    os.close(out)
+    os.chdir("/")
+    os.environ[READY_FD_ENV] = str(write_fd)
+    os.environ[PID_FILE_ENV] = os.path.abspath(pid_file)
+    os.environ[ROLE_ENV] = command[0]
+    # Let a role tell `ps` who it is, for humans reading process lists.
+    sys.argv = ["fabmurder", *command]
+    code = 1
+    try:
+        from fabmurder.__main__ import main as run_command
+
+        code = run_command(command)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def start(command: list[str], pid_file: str, log: str, ready_timeout: float) -> int:
+    """Start ``command`` detached and wait until it is ready; return the exit code."""
+    if not command:
+        fail("daemon start needs a command after '--'")
+        return EXIT_USAGE
+    existing = read_pid_file(pid_file)
+    if is_ours(existing):
+        assert existing is not None
+        fail(f"already running as pid {existing['pid']} (pid file {pid_file})")
+        return EXIT_RUNNING
+    if os.path.lexists(pid_file):
+        os.unlink(pid_file)
+    for path in (pid_file, log):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    log_start = os.path.getsize(log) if os.path.exists(log) else 0
+    read_fd, write_fd = os.pipe()
+    os.set_inheritable(write_fd, True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    first = os.fork()
+    if first == 0:
+        os.close(read_fd)
+        _child(command, pid_file, log, write_fd)
+    os.close(write_fd)
+    os.waitpid(first, 0)
+    ready = _wait_ready(read_fd, ready_timeout)
+    os.close(read_fd)
+    record = read_pid_file(pid_file)
+    if ready and record is not None:
+        emit({"pid": record["pid"], "pid_file": os.path.abspath(pid_file)})
+        return EXIT_OK
+    tail = _log_tail(log)
+    if log_start and len(tail) >= LOG_TAIL_BYTES:
+        tail = tail[-LOG_TAIL_BYTES:]
+    why = "did not become ready" if ready is None else "exited before it was ready"
+    fail(f"{command[0]} {why} (log {log}):\n{tail.rstrip()}")
+    return EXIT_FAILED
+
+
+def _wait_ready(read_fd: int, timeout: float) -> bool | None:
+    """Return True once the child is ready, False if it closed the pipe first, None on timeout."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([read_fd], [], [], left)
+        if readable:
+            return os.read(read_fd, 64).startswith(b"ready")
+    return None
+
+
+def stop(pid_file: str, timeout: float) -> dict[str, Any]:
+    """Stop the daemon named by ``pid_file`` if it is still ours; return what happened."""
+    record = read_pid_file(pid_file)
+    if record is None:
+        reason = "no pid file" if not os.path.lexists(pid_file) else "malformed pid file removed"
+        if os.path.lexists(pid_file):
+            os.unlink(pid_file)
+        return {"stopped": False, "pid": None, "reason": reason}
+    pid = record["pid"]
+    if not is_ours(record):
+        os.unlink(pid_file)
+        return {
+            "stopped": False,
+            "pid": pid,
+            "reason": "stale pid file removed (process gone or not ours)",
+        }
+    reason = "terminated"
+    os.kill(pid, signal.SIGTERM)
+    if not _wait_gone(record, timeout):
+        reason = "killed after timeout"
+        if is_ours(record):
+            os.kill(pid, signal.SIGKILL)
+        _wait_gone(record, 5.0)
+    if os.path.lexists(pid_file) and read_pid_file(pid_file) == record:
+        os.unlink(pid_file)
+    return {"stopped": True, "pid": pid, "reason": reason}
+
+
+def _wait_gone(record: dict[str, Any], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while time.monotonic() < deadline:
+        if not is_ours(record):
+            return True
+        # Not our child, so there is nothing to wait on but /proc; back off.
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+    return not is_ours(record)
+
+
+def status(pid_file: str) -> dict[str, Any]:
+    """Describe the daemon named by ``pid_file``."""
+    record = read_pid_file(pid_file)
+    return {
+        "pid_file": os.path.abspath(pid_file),
+        "pid": record["pid"] if record else None,
+        "role": record.get("role") if record else None,
+        "alive": is_ours(record),
+    }
+
+
+def parser() -> argparse.ArgumentParser:
+    """Return the ``daemon`` argument parser."""
+    p = argparse.ArgumentParser(prog="fabmurder daemon", description=__doc__)
+    sub = p.add_subparsers(dest="action", required=True)
+    s = sub.add_parser("start", help="start a command detached")
+    s.add_argument("--pid-file", required=True)
+    s.add_argument("--log", required=True)
+    s.add_argument("--ready-timeout", type=float, default=60.0)
+    s.add_argument("command", nargs=argparse.REMAINDER)
+    t = sub.add_parser("stop", help="stop a daemon by its pid file")
+    t.add_argument("--pid-file", required=True)
+    t.add_argument("--timeout", type=float, default=10.0)
+    u = sub.add_parser("status", help="describe a daemon by its pid file")
+    u.add_argument("--pid-file", required=True)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Run ``daemon start|stop|status``."""
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.action == "start":
+        command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        return start(command, args.pid_file, args.log, args.ready_timeout)
+    if args.action == "stop":
+        emit(stop(args.pid_file, args.timeout))
+        return EXIT_OK
+    emit(status(args.pid_file))
+    return EXIT_OK

@@ -1,0 +1,178 @@
+"""The libtorrent settings profile: the one module that names libtorrent settings.
+
+fabmurder runs libtorrent inside a datacenter, between hosts that all know
+each other, behind a tracker the pipeline started. The defaults of
+libtorrent are made for the open Internet (DHT, LSD, UPnP, uTP, deep request
+queues, a 300 s minimum announce interval) and cost a deploy about twice the
+one-NIC limit; ``docs/tuning.md`` records what is set here and why.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+
+from fabmurder.errors import ConfigError
+
+#: the datacenter profile; values measured or reasoned in docs/tuning.md
+DATACENTER: dict[str, Any] = {
+    # Only the pipeline's tracker tells peers about each other.
+    "enable_dht": False,
+    "enable_lsd": False,
+    "enable_upnp": False,
+    "enable_natpmp": False,
+    # TCP only: uTP cost about 2.7x the CPU in the lab for no gain on a LAN.
+    "enable_incoming_utp": False,
+    "enable_outgoing_utp": False,
+    "enable_incoming_tcp": True,
+    "enable_outgoing_tcp": True,
+    # Short request queues: deep queues pile every peer's requests on the
+    # seeder; the seeder's advertised in-queue caps what each peer reserves.
+    "max_out_request_queue": 16,
+    "max_allowed_in_request_queue": 16,
+    "request_queue_time": 1,
+    "whole_pieces_threshold": 0,
+    "suggest_mode": 0,
+    # Re-announce promptly so late joiners and a restarted tracker are seen.
+    "min_announce_interval": 2,
+    "tracker_completion_timeout": 5,
+    "tracker_receive_timeout": 5,
+    "stop_tracker_timeout": 2,
+    # Several agents may share an address (tests, containers behind one IP).
+    "allow_multiple_connections_per_ip": True,
+    # A fleet, not a handful of strangers: many connections, no unchoke cap.
+    "connections_limit": 2000,
+    "unchoke_slots_limit": -1,
+    "max_peerlist_size": 10000,
+    "connection_speed": 200,
+    "torrent_connect_boost": 200,
+    "min_reconnect_time": 1,
+    "max_failcount": 10,
+    "peer_connect_timeout": 5,
+    "handshake_timeout": 5,
+    # One torrent per session: never queue it behind auto-management limits.
+    "active_downloads": -1,
+    "active_seeds": -1,
+    "active_limit": -1,
+    "dont_count_slow_torrents": False,
+    "close_redundant_connections": False,
+    "send_buffer_watermark": 1024 * 1024,
+    # --allow is about peers; the tracker is the pipeline's own and must stay reachable.
+    "apply_ip_filter_to_trackers": False,
+}
+
+#: alert categories the agent reads (status, errors, storage, tracker)
+ALERT_CATEGORIES = (
+    "error_notification",
+    "status_notification",
+    "storage_notification",
+    "tracker_notification",
+    "performance_warning",
+)
+
+
+def _alert_mask() -> int:
+    # Imported lazily so that reading the profile needs no libtorrent.
+    import libtorrent as lt
+
+    mask = 0
+    for name in ALERT_CATEGORIES:
+        mask |= int(getattr(lt.alert.category_t, name))
+    return mask
+
+
+def settings(bind_addr: str, port: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return the settings pack for an agent listening on ``bind_addr:port``.
+
+    :param bind_addr: the host's fleet address; the agent listens only there,
+        announces it and binds outgoing connections to it.
+    :param port: the listen port.
+    :param overrides: settings from ``--settings`` JSON, applied last.
+    :raises ConfigError: if ``bind_addr`` is not an IP address or ``port`` is out of range.
+    """
+    addr = _parse_ip(bind_addr, "bind address")
+    if addr.is_unspecified:
+        raise ConfigError(f"refusing to listen on all interfaces ({bind_addr})", key="bind")
+    if not 0 <= int(port) <= 65535:
+        raise ConfigError(f"port {port} is out of range", key="port")
+    host = f"[{addr}]" if addr.version == 6 else str(addr)
+    pack: dict[str, Any] = dict(DATACENTER)
+    pack.update(
+        {
+            "listen_interfaces": f"{host}:{int(port)}",
+            "outgoing_interfaces": str(addr),
+            "announce_ip": str(addr),
+            "alert_mask": _alert_mask(),
+        }
+    )
+    if overrides:
+        pack.update(overrides)
+    return pack
+
+
+def parse_overrides(text: str | None) -> dict[str, Any]:
+    """Parse ``--settings`` JSON into a dict of setting overrides.
+
+    :raises ConfigError: if the text is not a JSON object of scalar values.
+    """
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--settings is not valid JSON: {exc}", key="settings") from exc
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, bool | int | str) for k, v in value.items()
+    ):
+        raise ConfigError(
+            "--settings must be a JSON object of setting names to numbers, booleans or strings",
+            key="settings",
+        )
+    return value
+
+
+def rate_limits(upload: int | None, download: int | None) -> dict[str, Any]:
+    """Return the settings for upload/download limits in bytes per second (0 = none)."""
+    pack: dict[str, Any] = {}
+    if upload:
+        pack["upload_rate_limit"] = int(upload)
+    if download:
+        pack["download_rate_limit"] = int(download)
+    return pack
+
+
+def _parse_ip(text: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError as exc:
+        raise ConfigError(f"invalid {what} {text!r}: not an IP address", key="bind") from exc
+
+
+def networks(allowed: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Parse CIDRs and plain addresses into networks.
+
+    :raises ConfigError: naming the first entry that is neither.
+    """
+    nets = []
+    for entry in allowed:
+        try:
+            nets.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError as exc:
+            raise ConfigError(f"invalid --allow entry {entry!r}: {exc}", key="allow") from exc
+    return nets
+
+
+def ip_filter(allowed: list[str]) -> Any:
+    """Build a libtorrent ``ip_filter`` that admits only ``allowed`` (CIDRs or addresses).
+
+    Everything else, IPv4 and IPv6, is blocked.
+    """
+    import libtorrent as lt
+
+    filt = lt.ip_filter()
+    filt.add_rule("0.0.0.0", "255.255.255.255", 1)
+    filt.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 1)
+    for net in networks(allowed):
+        filt.add_rule(str(net.network_address), str(net.broadcast_address), 0)
+    return filt
