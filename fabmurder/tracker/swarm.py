@@ -1,0 +1,411 @@
+"""Keep swarm state: peers, expiry, caps, rack-ordered peer lists and stats.
+
+Everything here is plain synchronous Python called from the server's single
+asyncio thread, never across an ``await``: each announce mutates the state
+and computes its reply in one step, so no lock is needed and none is held
+across I/O.
+
+A swarm keeps its peers in index-addressed lists (one per kind, seeders and
+leechers, both swarm-wide and per rack) so that a peer is added, removed or
+moved in O(1) and a random reply of ``k`` peers costs O(k), whatever the
+swarm's size.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from math import gcd
+from typing import TypedDict
+
+from fabmurder.tracker.protocol import Announce, RequestError, ScrapeFile, compact_peer
+
+_rand = random.random
+
+
+class SwarmStats(TypedDict):
+    """One swarm in the ``/stats`` JSON (the controller's progress bar reads it)."""
+
+    peers: int
+    seeders: int
+    leechers: int
+    completed: int
+    left: int
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Timing and caps of a tracker."""
+
+    interval: int = 1800
+    min_interval: int = 900
+    numwant_cap: int = 50
+    max_swarms: int = 1000
+    max_peers_per_swarm: int = 50000
+    # A peer expires when it missed about two announces.
+    expire_factor: float = 2.0
+    # An empty swarm is forgotten after this many seconds without peers.
+    empty_swarm_ttl: float = 3600.0
+
+    @property
+    def peer_ttl(self) -> float:
+        """Seconds after its last announce that a peer is dropped."""
+        return self.interval * self.expire_factor + 10
+
+
+class Peer:
+    """One peer of one swarm."""
+
+    __slots__ = (
+        "peer_id",
+        "ip",
+        "port",
+        "compact",
+        "key",
+        "left",
+        "rack",
+        "last_seen",
+        "counted",
+        "pos",
+    )
+
+    def __init__(self, peer_id: bytes, ip: str, port: int, rack: str) -> None:
+        self.peer_id = peer_id
+        self.ip = ip
+        self.port = port
+        self.compact = compact_peer(ip, port)
+        self.rack = rack
+        self.key: bytes | None = None
+        self.left = -1  # not yet in any list
+        self.last_seen = 0.0
+        self.counted = False
+        # index in [swarm-wide list, rack list]
+        self.pos = [0, 0]
+
+
+class _Pool:
+    """Seeders and leechers of one scope (a whole swarm or one rack)."""
+
+    __slots__ = ("seeds", "leechers", "slot")
+
+    def __init__(self, slot: int) -> None:
+        self.seeds: list[Peer] = []
+        self.leechers: list[Peer] = []
+        self.slot = slot  # which index of Peer.pos this pool uses
+
+    def __len__(self) -> int:
+        return len(self.seeds) + len(self.leechers)
+
+    def add(self, peer: Peer) -> None:
+        group = self.seeds if peer.left == 0 else self.leechers
+        peer.pos[self.slot] = len(group)
+        group.append(peer)
+
+    def remove(self, peer: Peer) -> None:
+        group = self.seeds if peer.left == 0 else self.leechers
+        index = peer.pos[self.slot]
+        last = group.pop()
+        if last is not peer:
+            group[index] = last
+            last.pos[self.slot] = index
+
+    def candidates(self, for_seeder: bool) -> tuple[list[Peer], list[Peer]]:
+        """Return the lists a reply may draw from: seeders get no seeders."""
+        return ([], self.leechers) if for_seeder else (self.seeds, self.leechers)
+
+
+def _stride(n: int) -> int:
+    """Return a random step in ``1..n-1`` coprime with ``n`` (1 when n < 3)."""
+    if n < 3:
+        return 1
+    while True:
+        step = 1 + int(_rand() * (n - 1))
+        if gcd(step, n) == 1:
+            return step
+
+
+def _sample(
+    lists: tuple[list[Peer], list[Peer]], k: int, asker: Peer, avoid_rack: str | None = None
+) -> list[Peer]:
+    """Pick up to ``k`` distinct random peers from two lists.
+
+    The asker is left out, and so is every peer of ``avoid_rack`` when given.
+    A large pool is walked along a random arithmetic progression (random
+    start, random step coprime with its size): distinct indices in O(k)
+    without a set of drawn indices, and a different random subset each time.
+    """
+    first, second = lists
+    n_first = len(first)
+    n = n_first + len(second)
+    if k <= 0 or n == 0:
+        return []
+    if 2 * k >= n:
+        everyone = [p for p in first + second if p is not asker and p.rack != avoid_rack]
+        random.shuffle(everyone)
+        return everyone[:k]
+    step = _stride(n)
+    start = int(_rand() * n)
+    if avoid_rack is None:
+        walk = range(start, start + step * (k + 1), step)
+        if not n_first:
+            picked = [second[i % n] for i in walk]
+        elif n_first == n:
+            picked = [first[i % n] for i in walk]
+        else:
+            picked = [first[j] if (j := i % n) < n_first else second[j - n_first] for i in walk]
+        if asker in picked:
+            picked.remove(asker)
+        else:
+            picked.pop()
+        return picked
+    # Outside the rack is at least a quarter of the pool here, so 8k steps suffice.
+    picked = []
+    i = start
+    for _ in range(min(n, 8 * k + 16)):
+        peer = first[i] if i < n_first else second[i - n_first]
+        if peer is not asker and peer.rack != avoid_rack:
+            picked.append(peer)
+            if len(picked) == k:
+                break
+        i += step
+        if i >= n:
+            i -= n
+    return picked
+
+
+class Swarm:
+    """The peers of one info-hash."""
+
+    def __init__(self, info_hash: bytes) -> None:
+        self.info_hash = info_hash
+        self.peers: dict[bytes, Peer] = {}
+        self.by_addr: dict[bytes, Peer] = {}
+        self.all = _Pool(0)
+        self.racks: dict[str, _Pool] = {}
+        self.completed = 0
+        self.left_total = 0
+        self.empty_since: float | None = None
+
+    @property
+    def seeders(self) -> int:
+        """Return how many peers have the whole content."""
+        return len(self.all.seeds)
+
+    @property
+    def leechers(self) -> int:
+        """Return how many peers are still downloading."""
+        return len(self.all.leechers)
+
+    def add(self, peer: Peer, left: int) -> None:
+        """Insert a new peer with ``left`` bytes to go."""
+        peer.left = left
+        self.peers[peer.peer_id] = peer
+        self.by_addr[peer.compact] = peer
+        self.all.add(peer)
+        rack = self.racks.get(peer.rack)
+        if rack is None:
+            rack = self.racks[peer.rack] = _Pool(1)
+        rack.add(peer)
+        self.left_total += left
+        self.empty_since = None
+
+    def remove(self, peer: Peer, now: float) -> None:
+        """Drop a peer at once."""
+        del self.peers[peer.peer_id]
+        if self.by_addr.get(peer.compact) is peer:
+            del self.by_addr[peer.compact]
+        self.all.remove(peer)
+        rack = self.racks[peer.rack]
+        rack.remove(peer)
+        if not len(rack):
+            del self.racks[peer.rack]
+        self.left_total -= peer.left
+        if not self.peers:
+            self.empty_since = now
+
+    def update_left(self, peer: Peer, left: int) -> None:
+        """Record a new ``left``, moving the peer between seeders and leechers."""
+        if (left == 0) != (peer.left == 0):
+            rack = self.racks[peer.rack]
+            self.all.remove(peer)
+            rack.remove(peer)
+            peer.left = left
+            self.all.add(peer)
+            rack.add(peer)
+        self.left_total += left - peer.left
+        peer.left = left
+
+    def pick(self, asker: Peer, k: int) -> list[Peer]:
+        """Choose up to ``k`` peers for ``asker``: its own rack first, then the others.
+
+        Seeders get only leechers, and the asker never gets itself.
+        """
+        for_seeder = asker.left == 0
+        rack = self.racks[asker.rack]
+        picked = _sample(rack.candidates(for_seeder), k, asker)
+        need = k - len(picked)
+        if need <= 0:
+            return picked
+        total = len(self.all.leechers) + (0 if for_seeder else len(self.all.seeds))
+        in_rack = len(rack.leechers) + (0 if for_seeder else len(rack.seeds))
+        others = total - in_rack
+        if others <= 0:
+            return picked
+        my_rack = asker.rack
+        if others <= need or 4 * others < total:
+            # Few peers outside the rack (or a small swarm): list them all.
+            outside: list[Peer] = []
+            for name, pool in self.racks.items():
+                if name != my_rack:
+                    seeds, leechers = pool.candidates(for_seeder)
+                    outside += seeds
+                    outside += leechers
+            random.shuffle(outside)
+            return picked + outside[:need]
+        # Most candidates are outside the rack: draw swarm-wide, skip the rack.
+        return picked + _sample(self.all.candidates(for_seeder), need, asker, my_rack)
+
+    def stats(self) -> SwarmStats:
+        """Return this swarm's line of ``/stats``."""
+        return {
+            "peers": len(self.peers),
+            "seeders": self.seeders,
+            "leechers": self.leechers,
+            "completed": self.completed,
+            "left": self.left_total,
+        }
+
+
+@dataclass(slots=True)
+class AnnounceResult:
+    """What an announce reply carries, before it is encoded."""
+
+    complete: int
+    incomplete: int
+    peers: list[Peer]
+
+
+class Swarms:
+    """All swarms of a tracker, with the caps that keep memory bounded."""
+
+    def __init__(
+        self, limits: Limits, rack_of: Callable[[str], str], accept_ip_param: bool = False
+    ) -> None:
+        self.limits = limits
+        self.rack_of = rack_of
+        self.accept_ip_param = accept_ip_param
+        self.swarms: dict[bytes, Swarm] = {}
+        self.announces = 0
+
+    def __iter__(self) -> Iterator[Swarm]:
+        return iter(self.swarms.values())
+
+    def numwant(self, asked: int | None) -> int:
+        """Cap a client's ``numwant`` (absent means the cap)."""
+        cap = self.limits.numwant_cap
+        return cap if asked is None or asked > cap else asked
+
+    def announce(self, req: Announce, source_ip: str, now: float) -> AnnounceResult:
+        """Apply one announce and choose the peers to return.
+
+        :param source_ip: the address the request came from; the peer's address
+            unless the tracker accepts the ``ip`` parameter and one was sent.
+        :raises RequestError: when a cap is reached or the peer id belongs to
+            another address with a different ``key``.
+        """
+        self.announces += 1
+        ip = req.ip if (req.ip and self.accept_ip_param) else source_ip
+        swarm = self.swarms.get(req.info_hash)
+        if swarm is None:
+            if req.event == b"stopped":
+                return AnnounceResult(0, 0, [])
+            if len(self.swarms) >= self.limits.max_swarms:
+                raise RequestError("tracker is full: too many swarms")
+            swarm = self.swarms[req.info_hash] = Swarm(req.info_hash)
+        peer = swarm.peers.get(req.peer_id)
+        was_counted = False
+        if peer is not None and (peer.ip != ip or peer.port != req.port):
+            if peer.key is not None and req.key != peer.key:
+                raise RequestError("peer_id is in use by another peer")
+            # The peer moved (new port or address): re-file it under the new one.
+            was_counted = peer.counted
+            swarm.remove(peer, now)
+            peer = None
+        if req.event == b"stopped":
+            if peer is not None:
+                swarm.remove(peer, now)
+            return AnnounceResult(swarm.seeders, swarm.leechers, [])
+        if peer is None:
+            clash = swarm.by_addr.get(compact_peer(ip, req.port))
+            if clash is not None:
+                # Same address and port, new peer id: the client restarted.
+                swarm.remove(clash, now)
+            if len(swarm.peers) >= self.limits.max_peers_per_swarm:
+                raise RequestError("swarm is full")
+            peer = Peer(req.peer_id, ip, req.port, self.rack_of(ip))
+            peer.key = req.key
+            peer.counted = was_counted or req.event == b"completed"
+            swarm.add(peer, req.left)
+            if peer.counted and not was_counted:
+                swarm.completed += 1
+        else:
+            if peer.left and not req.left and not peer.counted:
+                # aria2c never sends event=completed: left reaching 0 counts too.
+                peer.counted = True
+                swarm.completed += 1
+            elif req.event == b"completed" and not peer.counted:
+                peer.counted = True
+                swarm.completed += 1
+            if req.left != peer.left:
+                swarm.update_left(peer, req.left)
+        peer.last_seen = now
+        k = self.numwant(req.numwant)
+        picked = swarm.pick(peer, k) if k else []
+        return AnnounceResult(swarm.seeders, swarm.leechers, picked)
+
+    def scrape(self, info_hashes: list[bytes]) -> dict[bytes, ScrapeFile]:
+        """Return scrape entries for these info-hashes (all swarms when empty)."""
+        if not info_hashes:
+            info_hashes = list(self.swarms)
+        files: dict[bytes, ScrapeFile] = {}
+        for info_hash in info_hashes:
+            swarm = self.swarms.get(info_hash)
+            if swarm is None:
+                files[info_hash] = {"complete": 0, "downloaded": 0, "incomplete": 0}
+            else:
+                files[info_hash] = {
+                    "complete": swarm.seeders,
+                    "downloaded": swarm.completed,
+                    "incomplete": swarm.leechers,
+                }
+        return files
+
+    def expire(self, now: float) -> int:
+        """Drop peers that missed about two announces and long-empty swarms; count peers dropped."""
+        deadline = now - self.limits.peer_ttl
+        dropped = 0
+        for info_hash, swarm in list(self.swarms.items()):
+            stale = [p for p in swarm.peers.values() if p.last_seen < deadline]
+            for peer in stale:
+                swarm.remove(peer, now)
+            dropped += len(stale)
+            if (
+                swarm.empty_since is not None
+                and now - swarm.empty_since > self.limits.empty_swarm_ttl
+            ):
+                del self.swarms[info_hash]
+        return dropped
+
+    def keep_only(self, allowed: frozenset[bytes]) -> None:
+        """Forget swarms whose info-hash left the allow-list."""
+        for info_hash in [h for h in self.swarms if h not in allowed]:
+            del self.swarms[info_hash]
+
+    def stats(self) -> dict[str, SwarmStats]:
+        """Return the ``swarms`` object of ``/stats``, keyed by info-hash hex."""
+        return {h.hex(): s.stats() for h, s in self.swarms.items()}
+
+    def peer_count(self) -> int:
+        """Return the number of peers across all swarms."""
+        return sum(len(s.peers) for s in self.swarms.values())
