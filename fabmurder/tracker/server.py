@@ -44,7 +44,6 @@ from fabmurder.tracker.protocol import (
 from fabmurder.tracker.racks import RackMap
 from fabmurder.tracker.swarm import Limits, Swarms
 
-
 log = logging.getLogger("fabmurder.tracker")
 
 MAX_HEAD = 8192
