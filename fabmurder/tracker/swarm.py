@@ -14,8 +14,10 @@ swarm's size.
 from __future__ import annotations
 
 import random
+from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from math import gcd
 from typing import TypedDict
 
@@ -41,6 +43,8 @@ class Limits:
     interval: int = 1800
     min_interval: int = 900
     numwant_cap: int = 50
+    # Places in every reply kept for peers of other racks, so no rack is an island.
+    cross_rack: int = 2
     max_swarms: int = 1000
     max_peers_per_swarm: int = 50000
     # A peer expires when it missed about two announces.
@@ -144,9 +148,9 @@ def _sample(
         everyone = [p for p in first + second if p is not asker and p.rack != avoid_rack]
         random.shuffle(everyone)
         return everyone[:k]
-    step = _stride(n)
-    start = int(_rand() * n)
     if avoid_rack is None:
+        step = _stride(n)
+        start = int(_rand() * n)
         walk = range(start, start + step * (k + 1), step)
         if not n_first:
             picked = [second[i % n] for i in walk]
@@ -159,26 +163,29 @@ def _sample(
         else:
             picked.pop()
         return picked
-    # Outside the rack is at least a quarter of the pool here, so 8k steps suffice.
+    # Outside the rack is at least a quarter of the pool here: independent
+    # draws (a rack may sit in one stretch of the list) need about 4k tries.
     picked = []
-    i = start
-    for _ in range(min(n, 8 * k + 16)):
+    seen: set[int] = set()
+    for _ in range(16 * n):
+        i = int(_rand() * n)
+        if i in seen:
+            continue
+        seen.add(i)
         peer = first[i] if i < n_first else second[i - n_first]
         if peer is not asker and peer.rack != avoid_rack:
             picked.append(peer)
             if len(picked) == k:
                 break
-        i += step
-        if i >= n:
-            i -= n
     return picked
 
 
 class Swarm:
     """The peers of one info-hash."""
 
-    def __init__(self, info_hash: bytes) -> None:
+    def __init__(self, info_hash: bytes, cross_rack: int = 2) -> None:
         self.info_hash = info_hash
+        self.cross_rack = cross_rack
         self.peers: dict[bytes, Peer] = {}
         self.by_addr: dict[bytes, Peer] = {}
         self.all = _Pool(0)
@@ -226,6 +233,7 @@ class Swarm:
 
     def update_left(self, peer: Peer, left: int) -> None:
         """Record a new ``left``, moving the peer between seeders and leechers."""
+        self.left_total += left - peer.left
         if (left == 0) != (peer.left == 0):
             rack = self.racks[peer.rack]
             self.all.remove(peer)
@@ -233,38 +241,53 @@ class Swarm:
             peer.left = left
             self.all.add(peer)
             rack.add(peer)
-        self.left_total += left - peer.left
         peer.left = left
 
     def pick(self, asker: Peer, k: int) -> list[Peer]:
         """Choose up to ``k`` peers for ``asker``: its own rack first, then the others.
 
-        Seeders get only leechers, and the asker never gets itself.
+        ``cross_rack`` places are kept for peers of other racks (when there
+        are any), so that no rack becomes an island without the seeder; the
+        other racks also fill whatever the asker's rack cannot. Seeders get
+        only leechers, and the asker never gets itself.
         """
         for_seeder = asker.left == 0
         rack = self.racks[asker.rack]
-        picked = _sample(rack.candidates(for_seeder), k, asker)
-        need = k - len(picked)
-        if need <= 0:
-            return picked
         total = len(self.all.leechers) + (0 if for_seeder else len(self.all.seeds))
         in_rack = len(rack.leechers) + (0 if for_seeder else len(rack.seeds))
         others = total - in_rack
-        if others <= 0:
+        reserve = min(self.cross_rack, others, k)
+        picked = _sample(rack.candidates(for_seeder), k - reserve, asker)
+        need = k - len(picked)
+        if need <= 0 or others <= 0:
             return picked
-        my_rack = asker.rack
-        if others <= need or 4 * others < total:
-            # Few peers outside the rack (or a small swarm): list them all.
-            outside: list[Peer] = []
-            for name, pool in self.racks.items():
-                if name != my_rack:
-                    seeds, leechers = pool.candidates(for_seeder)
-                    outside += seeds
-                    outside += leechers
+        return picked + self._pick_outside(asker.rack, for_seeder, need, others, total, asker)
+
+    def _pick_outside(
+        self, my_rack: str, for_seeder: bool, need: int, others: int, total: int, asker: Peer
+    ) -> list[Peer]:
+        if 4 * others >= total and others > 2 * need:
+            # Most candidates are outside the rack: draw swarm-wide, skip the rack.
+            return _sample(self.all.candidates(for_seeder), need, asker, my_rack)
+        pools = [
+            pool.candidates(for_seeder) for name, pool in self.racks.items() if name != my_rack
+        ]
+        if others <= 2 * need:
+            outside = [p for seeds, leechers in pools for p in seeds + leechers]
             random.shuffle(outside)
-            return picked + outside[:need]
-        # Most candidates are outside the rack: draw swarm-wide, skip the rack.
-        return picked + _sample(self.all.candidates(for_seeder), need, asker, my_rack)
+            return outside[:need]
+        # A big rack and a few outsiders: draw indices over the other racks only.
+        bounds = list(accumulate(len(seeds) + len(leechers) for seeds, leechers in pools))
+        chosen: set[int] = set()
+        while len(chosen) < need:
+            chosen.add(int(_rand() * others))
+        picked = []
+        for index in chosen:
+            which = bisect_right(bounds, index)
+            offset = index - (bounds[which - 1] if which else 0)
+            seeds, leechers = pools[which]
+            picked.append(seeds[offset] if offset < len(seeds) else leechers[offset - len(seeds)])
+        return picked
 
     def stats(self) -> SwarmStats:
         """Return this swarm's line of ``/stats``."""
@@ -322,7 +345,7 @@ class Swarms:
                 return AnnounceResult(0, 0, [])
             if len(self.swarms) >= self.limits.max_swarms:
                 raise RequestError("tracker is full: too many swarms")
-            swarm = self.swarms[req.info_hash] = Swarm(req.info_hash)
+            swarm = self.swarms[req.info_hash] = Swarm(req.info_hash, self.limits.cross_rack)
         peer = swarm.peers.get(req.peer_id)
         was_counted = False
         if peer is not None and (peer.ip != ip or peer.port != req.port):
