@@ -1,0 +1,229 @@
+"""The local fleet: real sshd hosts in network namespaces behave like separate servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import paramiko
+import pytest
+from fabric import Connection
+
+from fabmurder.testing import Fleet, FleetError, down, up
+from fabmurder.testing.net import choose_subnet, leftovers, netns_pids
+from fabmurder.testing.proc import is_alive, wait_until
+
+RATE_MBIT = 100
+
+
+@pytest.fixture
+def small(require_root: None) -> Iterator[Fleet]:
+    """A fresh two-host fleet of its own, for tests that break or inspect new hosts."""
+    fleet = up(2, name="fresh")
+    try:
+        yield fleet
+    finally:
+        down("fresh")
+
+
+@pytest.fixture(scope="module")
+def capped(require_root: None) -> Iterator[Fleet]:
+    fleet = up(2, rate_mbit=RATE_MBIT, name="cap")
+    try:
+        yield fleet
+    finally:
+        down("cap")
+
+
+def test_every_host_answers_fabric_over_ssh_in_parallel(fleet: Fleet) -> None:
+    assert len(fleet.hosts) >= 2
+    started = time.monotonic()
+    results = fleet.group().run("sleep 1; hostname", hide=True)
+    elapsed = time.monotonic() - started
+    assert sorted(c.host for c in results) == sorted(fleet.addresses)
+    assert all(r.ok for r in results.values())
+    assert {c.host: r.stdout.strip() for c, r in results.items()} == {
+        h.address: h.name for h in fleet.hosts
+    }
+    # One second of work per host: serially it would take len(hosts) seconds at least.
+    assert elapsed < 1 + 0.4 * len(fleet.hosts)
+
+
+def test_connections_check_host_keys_strictly(fleet: Fleet) -> None:
+    assert fleet.connection(1).run("true", hide=True).ok
+    stranger = Connection(fleet.hosts[0].address, config=fleet.fabric_config())
+    stranger.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    with pytest.raises(paramiko.SSHException):
+        stranger.run("true", hide=True)
+
+
+def test_each_host_has_its_own_address(fleet: Fleet) -> None:
+    results = fleet.group().run("ip -4 -o addr show dev eth0", hide=True)
+    seen = {c.host: r.stdout.split()[3].split("/")[0] for c, r in results.items()}
+    assert seen == {a: a for a in fleet.addresses}
+    assert len(set(fleet.addresses)) == len(fleet.hosts)
+    assert fleet.control_address not in fleet.addresses
+
+
+def test_a_file_written_on_one_host_is_absent_on_the_others(fleet: Fleet) -> None:
+    marker = f"fleet-test-{uuid.uuid4().hex}"
+    writer, *others = fleet.hosts
+    fleet.connection(writer).run(f"touch /srv/{marker} /tmp/{marker}")
+    try:
+        assert fleet.run_in(writer, ["test", "-e", f"/srv/{marker}"], check=False).returncode == 0
+        results = fleet.group(others).run(
+            f"test -e /srv/{marker} || test -e /tmp/{marker}", warn=True, hide=True
+        )
+        assert [r.exited for r in results.values()] == [1] * len(others)
+        assert not Path(f"/srv/{marker}").exists()
+        assert not Path(f"/tmp/{marker}").exists()
+    finally:
+        fleet.connection(writer).run(f"rm -f /srv/{marker} /tmp/{marker}")
+
+
+def test_new_hosts_start_with_an_empty_srv_and_tmp(small: Fleet) -> None:
+    results = small.group().run("ls -A /srv /tmp", hide=True)
+    for result in results.values():
+        assert result.stdout.split() == ["/srv:", "/tmp:"]
+
+
+def test_runtime_fabric_file_lets_fab_reach_the_hosts(fleet: Fleet, tmp_path: Path) -> None:
+    config = fleet.write_fabric_yaml(tmp_path / "fleet.yaml")
+    hosts = fleet.hosts[:2]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fabric",
+            "-f",
+            str(config),
+            "-H",
+            ",".join(h.address for h in hosts),
+        ]
+        + ["--", "hostname"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [h.name for h in hosts]
+
+
+def _iperf(fleet: Fleet, reverse: bool) -> float:
+    """Measure Mbit/s from host 1 to host 2 (or back with *reverse*)."""
+    server = fleet.host(2)
+    proc = fleet.popen_in(
+        server,
+        ["iperf3", "--server", "--bind", server.address],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(
+            lambda: fleet.run_in(server, ["ss", "-Hltn", "sport = :5201"]).stdout.strip() != "",
+            10,
+            "iperf3 server to listen",
+        )
+        argv = ["iperf3", "-c", server.address, "-t", "3", "-O", "1", "-J"]
+        out = fleet.run_in(1, [*argv, "-R"] if reverse else argv, timeout=30).stdout
+        return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e6
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["upload", "download"])
+def test_a_rate_cap_measures_within_15_percent(capped: Fleet, reverse: bool) -> None:
+    measured = _iperf(capped, reverse)
+    assert RATE_MBIT * 0.85 <= measured <= RATE_MBIT * 1.15, f"{measured:.1f} Mbit/s"
+
+
+def test_a_stopped_sshd_refuses_logins_but_the_host_keeps_its_files(small: Fleet) -> None:
+    small.connection(1).run("echo kept > /srv/state")
+    stopped = small.stop_sshd(1)
+    assert stopped.sshd_pid is None
+    conn = small.connection(1)
+    conn.connect_timeout = 2
+    with pytest.raises(OSError):
+        conn.run("true")
+    assert small.run_in(1, ["cat", "/srv/state"]).stdout == "kept\n"
+    started = small.start_sshd(1)
+    assert started.sshd_pid is not None and is_alive(started.sshd_pid)
+    assert small.connection(1).run("cat /srv/state", hide=True).stdout == "kept\n"
+
+
+def test_an_unplugged_host_is_unreachable_until_plugged_back(small: Fleet) -> None:
+    small.set_link(2, False)
+    conn = small.connection(2)
+    conn.connect_timeout = 1
+    with pytest.raises(OSError):
+        conn.run("true")
+    small.set_link(2, True)
+    assert small.connection(2).run("hostname", hide=True).stdout.strip() == small.host(2).name
+
+
+def test_fleets_brought_up_together_get_different_subnets(require_root: None) -> None:
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            fleets = list(pool.map(lambda name: up(1, name=name), ["para", "parb"]))
+        assert fleets[0].subnet != fleets[1].subnet
+        with pytest.raises(FleetError, match="overlaps"):
+            choose_subnet(fleets[0].subnet)
+    finally:
+        down("para")
+        down("parb")
+
+
+def _traces(fleet: Fleet) -> dict[str, object]:
+    """Return everything of *fleet* still on this machine."""
+    namespaces, links = leftovers(fleet.name)
+    live = [p for h in fleet.hosts for p in (h.pid, h.sshd_pid) if p and is_alive(p)]
+    for entry in os.listdir("/proc"):
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if entry.isdigit() and str(fleet.state_dir).encode() in cmdline and is_alive(int(entry)):
+            live.append(int(entry))
+    return {
+        "namespaces": namespaces,
+        "links": links,
+        "processes": live,
+        "state_dir": fleet.state_dir.exists(),
+    }
+
+
+def test_down_leaves_no_namespace_bridge_veth_or_sshd_behind(require_root: None) -> None:
+    fleet = up(3, rate_mbit=50, name="gone")
+    fleet.connection(2).run("setsid sleep 600 </dev/null >/dev/null 2>&1 &")
+    stray = netns_pids(fleet.host(2).netns)
+    assert len(stray) >= 3  # the host's init, its sshd, and the detached sleep
+    assert _traces(fleet)["namespaces"]
+    down("gone")
+    assert _traces(fleet) == {"namespaces": [], "links": [], "processes": [], "state_dir": False}
+    assert not [p for p in stray if is_alive(p)]
+    down("gone")  # idempotent
+
+
+def test_down_cleans_up_after_a_crashed_run_that_lost_its_record(require_root: None) -> None:
+    first = up(2, name="crash")
+    os.remove(first.state_dir / "fleet.json")
+    second = up(2, name="crash")  # up clears the leftovers of the "crashed" first run
+    assert not [h.pid for h in first.hosts if is_alive(h.pid)]
+    os.remove(second.state_dir / "fleet.json")
+    down("crash")
+    assert _traces(second) == {"namespaces": [], "links": [], "processes": [], "state_dir": False}
+
+
+def test_fleet_names_that_do_not_fit_interface_names_are_refused() -> None:
+    for bad in ("toolong", "Caps", "9lives", "a-b", ""):
+        with pytest.raises(FleetError, match="invalid fleet name"):
+            up(1, name=bad)
