@@ -137,11 +137,12 @@ def notify_ready() -> None:
         pass
 
 
-def _log_tail(path: str) -> str:
+def _log_tail(path: str, since: int = 0) -> str:
+    """Return the end of the log, from no earlier than offset ``since`` (this run's start)."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - LOG_TAIL_BYTES))
+            fh.seek(max(since, fh.tell() - LOG_TAIL_BYTES))
             return fh.read().decode("utf-8", "replace")
     except OSError:
         return ""
@@ -159,7 +160,8 @@ def _child(command: list[str], pid_file: str, log: str, write_fd: int) -> None:
     os.dup2(out, 2)
     os.close(null)
     os.close(out)
-    os.chdir("/")
+    # The working directory is kept: commands may name paths relative to it.
+    os.write(write_fd, f"pid {os.getpid()}\n".encode())
     os.environ[READY_FD_ENV] = str(write_fd)
     os.environ[PID_FILE_ENV] = os.path.abspath(pid_file)
     os.environ[ROLE_ENV] = command[0]
@@ -207,28 +209,55 @@ def start(command: list[str], pid_file: str, log: str, ready_timeout: float) -> 
         _child(command, pid_file, log, write_fd)
     os.close(write_fd)
     os.waitpid(first, 0)
-    ready = _wait_ready(read_fd, ready_timeout)
+    ready, child = _wait_ready(read_fd, ready_timeout)
     os.close(read_fd)
     record = read_pid_file(pid_file)
     if ready and record is not None:
         emit({"pid": record["pid"], "pid_file": os.path.abspath(pid_file)})
         return EXIT_OK
-    tail = _log_tail(log)
-    if log_start and len(tail) >= LOG_TAIL_BYTES:
-        tail = tail[-LOG_TAIL_BYTES:]
-    why = "did not become ready" if ready is None else "exited before it was ready"
-    fail(f"{command[0]} {why} (log {log}):\n{tail.rstrip()}")
+    if ready is None and child is not None:
+        # Freshly forked by us and not ready: no PID file names it, so end it here.
+        _end(child, ready_timeout)
+    why = "did not become ready in time" if ready is None else "exited before it was ready"
+    fail(f"{command[0]} {why} (log {log}):\n{_log_tail(log, log_start).rstrip()}")
     return EXIT_FAILED
 
 
-def _wait_ready(read_fd: int, timeout: float) -> bool | None:
-    """Return True once the child is ready, False if it closed the pipe first, None on timeout."""
+def _wait_ready(read_fd: int, timeout: float) -> tuple[bool | None, int | None]:
+    """Wait for the child's ``ready`` line.
+
+    Return ``(True, pid)`` once it is ready, ``(False, pid)`` if it closed the
+    pipe first (it died), ``(None, pid)`` on timeout; ``pid`` is the daemon's
+    PID as it reported it first thing, or None if it never did.
+    """
     deadline = time.monotonic() + timeout
+    buffer = b""
+    pid = None
     while (left := deadline - time.monotonic()) > 0:
         readable, _, _ = select.select([read_fd], [], [], left)
-        if readable:
-            return os.read(read_fd, 64).startswith(b"ready")
-    return None
+        if not readable:
+            continue
+        chunk = os.read(read_fd, 256)
+        if not chunk:
+            return False, pid
+        buffer += chunk
+        for line in buffer.split(b"\n")[:-1]:
+            if line.startswith(b"pid "):
+                pid = int(line[4:])
+            elif line == b"ready":
+                return True, pid
+    return None, pid
+
+
+def _end(pid: int, grace: float) -> None:
+    """Terminate a daemon that never became ready (SIGTERM, then SIGKILL)."""
+    record = {"pid": pid, "starttime": proc_starttime(pid)}
+    if record["starttime"] is None or not is_ours(record):
+        return
+    os.kill(pid, signal.SIGTERM)
+    if not _wait_gone(record, min(grace, 5.0)) and is_ours(record):
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone(record, 5.0)
 
 
 def stop(pid_file: str, timeout: float) -> dict[str, Any]:

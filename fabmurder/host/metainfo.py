@@ -129,6 +129,8 @@ def parse(data: bytes) -> Metainfo:
         raise TorrentError("malformed torrent: 'info.name' is not UTF-8") from exc
     if not name or "/" in name or name in (".", "..") or "\x00" in name:
         raise TorrentError(f"malformed torrent: unsafe file name {name!r}")
+    if b"meta version" in info or b"file tree" in info:
+        raise TorrentError("malformed torrent: a release torrent must be v1 only")
     if b"files" in info:
         raise TorrentError("malformed torrent: a release torrent holds exactly one file")
     length = _get(info, b"length", int, "'info.length'")

@@ -60,6 +60,10 @@ DATACENTER: dict[str, Any] = {
     "send_buffer_watermark": 1024 * 1024,
     # --allow is about peers; the tracker is the pipeline's own and must stay reachable.
     "apply_ip_filter_to_trackers": False,
+    # SSRF mitigation refuses a loopback tracker's /scrape (only /announce
+    # passes); the torrent names only our tracker and DHT is off, so the
+    # attack it guards against cannot reach the agent.
+    "ssrf_mitigation": False,
 }
 
 #: alert categories the agent reads (status, errors, storage, tracker)

@@ -355,6 +355,7 @@ def seed(agent: Agent) -> int:
     notify_ready()
     while not _Stop.requested:
         agent.pump()
+    agent.set_state("stopped")
     return EXIT_OK
 
 

@@ -1,0 +1,259 @@
+"""Packing a release, hashing it, and extracting it safely and atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fabmurder.errors import ArtifactError
+from fabmurder.host import artifact
+
+
+def make_release_tree(root: Path, big: int = 300_000) -> Path:
+    """Build a tree with nested dirs, a symlink, an executable, an empty dir and a spaced name."""
+    root.mkdir(parents=True)
+    (root / "bin").mkdir()
+    (root / "lib" / "deep" / "er").mkdir(parents=True)
+    (root / "empty dir").mkdir()
+    (root / "bin" / "run me").write_text("#!/bin/sh\necho hi\n")
+    (root / "bin" / "run me").chmod(0o755)
+    (root / "lib" / "deep" / "er" / "data.bin").write_bytes(os.urandom(big))
+    (root / "lib" / "private").write_text("secret")
+    (root / "lib" / "private").chmod(0o600)
+    (root / "lib" / "shared").mkdir()
+    (root / "lib" / "shared").chmod(0o775)
+    (root / "lib" / "current").symlink_to("deep/er/data.bin")
+    (root / "bin" / "up").symlink_to("../lib")
+    os.link(root / "lib" / "private", root / "lib" / "private-hardlink")
+    return root
+
+
+def tree_signature(root: Path) -> dict[str, tuple[int, str]]:
+    """Map each relative path to (mode, content digest or link target)."""
+    found: dict[str, tuple[int, str]] = {".": (stat.S_IMODE(os.lstat(root).st_mode), "dir")}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                what = "link:" + os.readlink(path)
+            elif stat.S_ISDIR(st.st_mode):
+                what = "dir"
+            else:
+                what = hashlib.sha256(path.read_bytes()).hexdigest()
+            found[str(path.relative_to(root))] = (stat.S_IMODE(st.st_mode), what)
+    return found
+
+
+def test_pack_then_extract_gives_a_byte_and_mode_identical_tree(tmp_path: Path) -> None:
+    src = make_release_tree(tmp_path / "src")
+    src.chmod(0o750)
+    packed = artifact.pack(str(src), str(tmp_path / "r.tar"))
+    assert packed.sha256 == artifact.sha256_file(str(tmp_path / "r.tar"))
+    assert packed.size == os.path.getsize(tmp_path / "r.tar")
+    final = artifact.extract(str(tmp_path / "r.tar"), str(tmp_path / "dest"), "v1")
+    assert final == str(tmp_path / "dest" / "v1")
+    assert tree_signature(Path(final)) == tree_signature(src)
+    assert os.listdir(tmp_path / "dest") == ["v1"]
+
+
+def test_packing_a_single_file_ships_that_file(tmp_path: Path) -> None:
+    (tmp_path / "app.bin").write_bytes(b"x" * 1000)
+    (tmp_path / "app.bin").chmod(0o751)
+    artifact.pack(str(tmp_path / "app.bin"), str(tmp_path / "r.tar"))
+    final = Path(artifact.extract(str(tmp_path / "r.tar"), str(tmp_path / "dest"), "v1"))
+    assert (final / "app.bin").read_bytes() == b"x" * 1000
+    assert stat.S_IMODE((final / "app.bin").stat().st_mode) == 0o751
+
+
+def test_packing_twice_gives_the_same_bytes(tmp_path: Path) -> None:
+    src = make_release_tree(tmp_path / "src")
+    first = artifact.pack(str(src), str(tmp_path / "a.tar"))
+    second = artifact.pack(str(src), str(tmp_path / "b.tar"))
+    assert first.sha256 == second.sha256
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_packing_a_missing_or_empty_source_is_refused_and_writes_nothing(
+    tmp_path: Path, kind: str
+) -> None:
+    src = tmp_path / "src"
+    if kind == "empty":
+        src.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ArtifactError, match=kind.replace("empty", "empty directory")):
+        artifact.pack(str(src), str(out / "r.tar"))
+    assert os.listdir(out) == []
+
+
+def test_verify_accepts_the_right_sha256_and_names_a_mismatch(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"release")
+    good = hashlib.sha256(b"release").hexdigest()
+    assert artifact.verify(str(path), good.upper()) == good
+    with pytest.raises(ArtifactError, match="SHA-256 mismatch"):
+        artifact.verify(str(path), "0" * 64)
+    with pytest.raises(ArtifactError, match="64 hex"):
+        artifact.verify(str(path), "xyz")
+
+
+# -- hostile tarballs ------------------------------------------------------
+
+
+def _add(tar: tarfile.TarFile, name: str, **attrs: object) -> None:
+    info = tarfile.TarInfo(name)
+    data = attrs.pop("data", b"")
+    assert isinstance(data, bytes)
+    for key, value in attrs.items():
+        setattr(info, key, value)
+    if info.isreg():
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    else:
+        tar.addfile(info)
+
+
+HOSTILE: dict[str, Callable[[tarfile.TarFile], None]] = {
+    "absolute path": lambda t: _add(t, "/tmp/fabmurder-evil", data=b"x"),
+    "dot-dot member": lambda t: _add(t, "ok/../../evil", data=b"x"),
+    "symlink escape": lambda t: _add(t, "link", type=tarfile.SYMTYPE, linkname="../../outside"),
+    "absolute symlink": lambda t: _add(t, "link", type=tarfile.SYMTYPE, linkname="/etc"),
+    "write through symlink": lambda t: (
+        _add(t, "inner", type=tarfile.SYMTYPE, linkname="."),
+        _add(t, "esc", type=tarfile.SYMTYPE, linkname="inner/.."),
+    ),
+    "hardlink escape": lambda t: _add(t, "hl", type=tarfile.LNKTYPE, linkname="../outside/secret"),
+    "absolute hardlink": lambda t: _add(t, "hl", type=tarfile.LNKTYPE, linkname="/etc/passwd"),
+    "character device": lambda t: _add(t, "null", type=tarfile.CHRTYPE, devmajor=1, devminor=3),
+    "block device": lambda t: _add(t, "sda", type=tarfile.BLKTYPE, devmajor=8, devminor=0),
+    "fifo": lambda t: _add(t, "pipe", type=tarfile.FIFOTYPE),
+    "setuid file": lambda t: _add(t, "su", mode=0o4755, data=b"x"),
+    "setgid directory": lambda t: _add(t, "d", type=tarfile.DIRTYPE, mode=0o2755),
+}
+
+
+@pytest.fixture(params=["own checks only (Python 3.11.2)", "own checks and tarfile filter"])
+def guard_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run each hostile case both with and without tarfile's extraction filters."""
+    if request.param.startswith("own checks only"):
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    elif not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python's tarfile has no extraction filters")
+    return str(request.param)
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_tarballs_are_refused_with_nothing_written(
+    tmp_path: Path, case: str, guard_mode: str
+) -> None:
+    tarball = tmp_path / "evil.tar"
+    with tarfile.open(tarball, "w", format=tarfile.PAX_FORMAT) as tar:
+        _add(tar, "harmless.txt", data=b"fine")
+        HOSTILE[case](tar)
+        _add(tar, "after.txt", data=b"fine")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret").write_text("keep")
+    dest = tmp_path / "deploy" / "dest"
+    dest.mkdir(parents=True)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(ArtifactError, match="refusing tar member") as caught:
+        artifact.extract(str(tarball), str(dest), "v1")
+    assert caught.value.path
+    assert os.listdir(dest) == []
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+    assert not os.path.lexists("/tmp/fabmurder-evil")
+
+
+def test_a_symlink_chain_that_resolves_outside_at_the_end_is_refused(tmp_path: Path) -> None:
+    tarball = tmp_path / "chain.tar"
+    with tarfile.open(tarball, "w") as tar:
+        # "b" points to a path through "a", which only later becomes "."
+        _add(tar, "b", type=tarfile.SYMTYPE, linkname="a/..")
+        _add(tar, "a", type=tarfile.SYMTYPE, linkname=".")
+    dest = tmp_path / "dest"
+    with pytest.raises(ArtifactError, match="outside"):
+        artifact.extract(str(tarball), str(dest), "v1")
+    assert os.listdir(dest) == []
+
+
+def test_a_corrupt_tarball_is_an_artifact_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.tar").write_bytes(b"\x01" * 2048)
+    with pytest.raises(ArtifactError):
+        artifact.extract(str(tmp_path / "bad.tar"), str(tmp_path / "dest"), "v1")
+    assert not (tmp_path / "dest" / "v1").exists()
+
+
+# -- the final path ----------------------------------------------------------
+
+
+def test_an_existing_release_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    src = make_release_tree(tmp_path / "src")
+    artifact.pack(str(src), str(tmp_path / "r.tar"))
+    (tmp_path / "dest" / "v1").mkdir(parents=True)
+    (tmp_path / "dest" / "v1" / "old").write_text("old release")
+    with pytest.raises(ArtifactError, match="already exists"):
+        artifact.extract(str(tmp_path / "r.tar"), str(tmp_path / "dest"), "v1")
+    assert os.listdir(tmp_path / "dest" / "v1") == ["old"]
+    assert os.listdir(tmp_path / "dest") == ["v1"]
+
+
+def test_force_replaces_an_existing_release_and_leaves_no_leftovers(tmp_path: Path) -> None:
+    src = make_release_tree(tmp_path / "src")
+    artifact.pack(str(src), str(tmp_path / "r.tar"))
+    (tmp_path / "dest" / "v1").mkdir(parents=True)
+    (tmp_path / "dest" / "v1" / "old").write_text("old release")
+    artifact.extract(str(tmp_path / "r.tar"), str(tmp_path / "dest"), "v1", force=True)
+    assert tree_signature(tmp_path / "dest" / "v1") == tree_signature(src)
+    assert os.listdir(tmp_path / "dest") == ["v1"]
+
+
+def test_a_release_too_big_for_the_disk_is_refused_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = make_release_tree(tmp_path / "src")
+    artifact.pack(str(src), str(tmp_path / "r.tar"))
+    monkeypatch.setattr(artifact, "_free_bytes", lambda path: 1000)
+    with pytest.raises(ArtifactError, match="not enough space"):
+        artifact.extract(str(tmp_path / "r.tar"), str(tmp_path / "dest"), "v1")
+    assert os.listdir(tmp_path / "dest") == []
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> object:
+    """Mount a 1 MiB tmpfs (needs root; fails rather than skips under CI)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the tiny-disk test needs root under CI")
+        pytest.skip("needs root to mount a tmpfs")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_fails_cleanly_with_nothing_half_written(
+    tmp_path: Path, tiny_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        (src / f"part{i}").write_bytes(os.urandom(400_000))
+    artifact.pack(str(src), str(tmp_path / "r.tar"))
+    # Pretend the up-front check passed, so the write itself hits ENOSPC.
+    monkeypatch.setattr(artifact, "_free_bytes", lambda path: 1 << 40)
+    with pytest.raises(ArtifactError, match="no space left"):
+        artifact.extract(str(tmp_path / "r.tar"), str(tiny_disk), "v1")
+    assert os.listdir(tiny_disk) == []

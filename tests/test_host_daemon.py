@@ -1,0 +1,188 @@
+"""Detaching host-side commands and stopping them only by PID files that are still ours."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fabmurder.host import daemon
+
+
+def fab(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m fabmurder ARGS`` and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "fabmurder", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def free_port(addr: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((addr, 0))
+        return int(sock.getsockname()[1])
+
+
+def alive(pid: int) -> bool:
+    return daemon.proc_starttime(pid) is not None and not daemon._is_zombie(pid)
+
+
+def wait_until(condition: object, timeout: float = 10.0) -> bool:
+    """Poll ``condition()`` until it is true or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.02)
+    return bool(condition())  # type: ignore[operator]
+
+
+@pytest.fixture
+def foreign() -> Iterator[subprocess.Popen[bytes]]:
+    """A process that is not fabmurder's (a plain ``sleep``)."""
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def start_tracker(tmp_path: Path) -> tuple[dict[str, object], Path]:
+    pid_file = tmp_path / "tracker.pid"
+    result = fab(
+        "daemon", "start", "--pid-file", str(pid_file), "--log", str(tmp_path / "tracker.log"),
+        "--", "tracker", "--bind", "127.0.0.1", "--port", str(free_port()),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout), pid_file
+
+
+def test_start_detaches_waits_for_ready_and_stop_ends_exactly_that_process(tmp_path: Path) -> None:
+    started, pid_file = start_tracker(tmp_path)
+    pid = int(started["pid"])  # type: ignore[call-overload]
+    try:
+        record = json.loads(pid_file.read_text())
+        assert record["pid"] == pid
+        assert record["starttime"] == daemon.proc_starttime(pid)
+        assert record["role"] == "tracker"
+        assert any("fabmurder" in part for part in record["argv"])
+        assert alive(pid)
+        assert os.getsid(pid) != os.getsid(0)  # a new session: an SSH hang-up cannot reach it
+        status = json.loads(fab("daemon", "status", "--pid-file", str(pid_file)).stdout)
+        assert status["alive"] is True and status["pid"] == pid
+        again = fab(
+            "daemon", "start", "--pid-file", str(pid_file), "--log", str(tmp_path / "t.log"),
+            "--", "tracker", "--bind", "127.0.0.1", "--port", str(free_port()),
+        )  # fmt: skip
+        assert again.returncode == 3
+        assert f"already running as pid {pid}" in again.stderr
+    finally:
+        stopped = fab("daemon", "stop", "--pid-file", str(pid_file))
+    assert json.loads(stopped.stdout) == {"stopped": True, "pid": pid, "reason": "terminated"}
+    assert wait_until(lambda: not alive(pid))
+    assert not pid_file.exists()
+    again = json.loads(fab("daemon", "stop", "--pid-file", str(pid_file)).stdout)
+    assert again == {"stopped": False, "pid": None, "reason": "no pid file"}
+
+
+def test_a_command_that_dies_before_ready_fails_start_with_the_log_tail(tmp_path: Path) -> None:
+    (tmp_path / "d.log").write_text("an older run's line\n")
+    result = fab(
+        "daemon", "start", "--pid-file", str(tmp_path / "d.pid"), "--log", str(tmp_path / "d.log"),
+        "--", "create", "--src", str(tmp_path / "missing"), "--out-dir", str(tmp_path),
+        "--tag", "v1", "--announce", "http://127.0.0.1:1/announce",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "exited before it was ready" in result.stderr
+    assert "does not exist" in result.stderr
+    assert "an older run's line" not in result.stderr
+    assert not (tmp_path / "d.pid").exists()
+
+
+def test_a_command_that_never_becomes_ready_is_ended_and_reported(tmp_path: Path) -> None:
+    with socket.socket() as silent:
+        # A listener that never answers keeps `stats` waiting well past the ready timeout.
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/stats"
+        begun = time.monotonic()
+        result = fab(
+            "daemon", "start", "--pid-file", str(tmp_path / "s.pid"),
+            "--log", str(tmp_path / "s.log"), "--ready-timeout", "0.5",
+            "--", "stats", "--url", url, "--timeout", "30",
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert "did not become ready in time" in result.stderr
+    assert time.monotonic() - begun < 15
+    assert not (tmp_path / "s.pid").exists()
+
+
+def test_stop_never_signals_a_foreign_process_named_by_the_pid_file(
+    tmp_path: Path, foreign: subprocess.Popen[bytes]
+) -> None:
+    pid_file = tmp_path / "seed-v1.pid"
+    # A forged record with the right start time: only the command line gives it away.
+    pid_file.write_text(
+        json.dumps({"pid": foreign.pid, "starttime": daemon.proc_starttime(foreign.pid),
+                    "role": "seed", "argv": ["sleep"]})
+    )  # fmt: skip
+    result = json.loads(fab("daemon", "stop", "--pid-file", str(pid_file)).stdout)
+    assert result["stopped"] is False
+    assert "not ours" in result["reason"]
+    assert foreign.poll() is None
+    assert not pid_file.exists()
+
+
+def test_stop_never_signals_a_recycled_pid_of_a_fabmurder_process(tmp_path: Path) -> None:
+    started, pid_file = start_tracker(tmp_path)
+    pid = int(started["pid"])  # type: ignore[call-overload]
+    record = json.loads(pid_file.read_text())
+    try:
+        stale = tmp_path / "old.pid"
+        stale.write_text(json.dumps({**record, "starttime": record["starttime"] - 1}))
+        result = json.loads(fab("daemon", "stop", "--pid-file", str(stale)).stdout)
+        assert result["stopped"] is False
+        assert alive(pid)
+        assert not stale.exists()
+    finally:
+        fab("daemon", "stop", "--pid-file", str(pid_file))
+
+
+@pytest.mark.parametrize("content", ["", "{", '{"pid": 1, "starttime": 1}', '{"pid": "12"}'])
+def test_a_malformed_pid_file_is_removed_without_signalling_anything(
+    tmp_path: Path, content: str
+) -> None:
+    pid_file = tmp_path / "x.pid"
+    pid_file.write_text(content)
+    result = json.loads(fab("daemon", "stop", "--pid-file", str(pid_file)).stdout)
+    assert result["stopped"] is False
+    assert not pid_file.exists()
+
+
+def test_a_daemon_that_ignores_sigterm_is_killed_after_the_timeout(tmp_path: Path) -> None:
+    started, pid_file = start_tracker(tmp_path)
+    pid = int(started["pid"])  # type: ignore[call-overload]
+    # Stand-in for a wedged daemon: stop it so SIGTERM cannot be handled.
+    os.kill(pid, signal.SIGSTOP)
+    result = json.loads(
+        fab("daemon", "stop", "--pid-file", str(pid_file), "--timeout", "0.5").stdout
+    )
+    assert result == {"stopped": True, "pid": pid, "reason": "killed after timeout"}
+    assert wait_until(lambda: not alive(pid))
+
+
+def test_notify_ready_is_a_no_op_outside_a_daemon(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(daemon.READY_FD_ENV, raising=False)
+    daemon.notify_ready()

@@ -1,0 +1,331 @@
+"""The seed and peer agents with real libtorrent and the real tracker on loopback.
+
+Each node listens on its own 127.0.0.x address, as each host would on its
+fleet address.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_host_artifact import make_release_tree, tree_signature
+
+from fabmurder.host import swarm
+
+_addresses = itertools.count(20)
+
+
+def next_address() -> str:
+    """Return a fresh loopback address for one node."""
+    n = next(_addresses)
+    return f"127.0.{n // 250}.{n % 250 + 2}"
+
+
+def free_port(addr: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((addr, 0))
+        return int(sock.getsockname()[1])
+
+
+def fab(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fabmurder", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``condition`` until it returns something truthy, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def state_of(status_file: Path) -> str | None:
+    try:
+        return str(swarm.read_status(str(status_file))["state"])
+    except swarm.StatusError:
+        return None
+
+
+@dataclass
+class Tracker:
+    url: str
+    allow_file: Path
+
+    def allow(self, info_hash: str) -> None:
+        result = fab("allow", "--file", str(self.allow_file), "--add", info_hash)
+        assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracker]:
+    """The project's tracker, started as a daemon with an allow-list."""
+    root = tmp_path_factory.mktemp("tracker")
+    port = free_port("127.0.0.1")
+    started = fab(
+        "daemon", "start", "--pid-file", str(root / "tracker.pid"), "--log",
+        str(root / "tracker.log"), "--", "tracker", "--bind", "127.0.0.1", "--port", str(port),
+        "--interval", "2", "--allow-file", str(root / "tracker.allow"),
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    try:
+        yield Tracker(f"http://127.0.0.1:{port}/announce", root / "tracker.allow")
+    finally:
+        fab("daemon", "stop", "--pid-file", str(root / "tracker.pid"))
+
+
+@dataclass
+class Release:
+    tag: str
+    src: Path
+    seed_dir: Path
+    torrent: Path
+    sha256: str
+    info_hash: str
+    size: int
+
+
+def create_release(tmp_path: Path, tracker: Tracker, tag: str = "v1") -> Release:
+    src = make_release_tree(tmp_path / "src", big=2_500_000)
+    seed_dir = tmp_path / "seeder"
+    result = fab(
+        "create", "--src", str(src), "--out-dir", str(seed_dir), "--tag", tag,
+        "--announce", tracker.url, "--piece-size", "65536",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    tracker.allow(out["info_hash"])
+    return Release(
+        tag, src, seed_dir, Path(out["torrent"]), out["sha256"], out["info_hash"], out["size"]
+    )
+
+
+class Node:
+    """One seed or peer process, with its own address, temp dir and status file.
+
+    ``{dest}`` in ``extra`` stands for the node's destination directory.
+    """
+
+    def __init__(
+        self, root: Path, role: str, release: Release, extra: list[str], addr: str | None = None
+    ) -> None:
+        self.addr = addr or next_address()
+        self.role = role
+        base = root / f"{role}-{self.addr}"
+        self.temp, self.dest = base / "tmp", base / "dest"
+        self.temp.mkdir(parents=True)
+        self.status_file = self.temp / f"{role}-{release.tag}.status.json"
+        if role == "seed":
+            save, torrent = release.seed_dir, release.torrent
+        else:
+            save, torrent = self.temp, self.temp / f"{release.tag}.torrent"
+            torrent.write_bytes(release.torrent.read_bytes())
+        args = [
+            sys.executable, "-m", "fabmurder", role, "--torrent", str(torrent),
+            "--save-path", str(save), "--bind", self.addr, "--port", str(free_port(self.addr)),
+            "--status-file", str(self.status_file),
+            *(arg.replace("{dest}", str(self.dest)) for arg in extra),
+        ]  # fmt: skip
+        self.log = open(self.temp / f"{role}.log", "w+")  # noqa: SIM115
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def status(self) -> dict[str, Any]:
+        return swarm.read_status(str(self.status_file))
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{self.role} on {self.addr} still running after {timeout}s")
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[Node]]:
+    """Every node a test starts; all are stopped afterwards."""
+    started: list[Node] = []
+    yield started
+    for node in started:
+        node.stop()
+
+
+def start_seed(nodes: list[Node], root: Path, release: Release, *extra: str) -> Node:
+    node = Node(root, "seed", release, list(extra))
+    nodes.append(node)
+    return node
+
+
+def start_peer(
+    nodes: list[Node],
+    root: Path,
+    release: Release,
+    seeder: Node | None,
+    addr: str | None = None,
+    **options: str,
+) -> Node:
+    """Start a peer; ``options`` override its flags (``seed_after="0"``)."""
+    flags = {
+        "sha256": release.sha256,
+        "tag": release.tag,
+        "timeout": "60",
+        "seed_after": "30",
+        "dest": "{dest}",
+        **options,
+    }
+    if seeder is not None:
+        flags["seeder"] = seeder.addr
+    extra = [item for k, v in flags.items() for item in (f"--{k.replace('_', '-')}", v)]
+    node = Node(root, "peer", release, extra, addr)
+    nodes.append(node)
+    return node
+
+
+def seeding(node: Node, timeout: float = 20) -> None:
+    wait_for(lambda: state_of(node.status_file) == "seeding", timeout, f"{node.role} to seed")
+
+
+def test_three_peers_download_verify_and_install_identical_trees(
+    tmp_path: Path, tracker: Tracker, nodes: list[Node]
+) -> None:
+    release = create_release(tmp_path, tracker)
+    seed = start_seed(nodes, tmp_path, release)
+    seeding(seed)
+    began = time.monotonic()
+    peers = [start_peer(nodes, tmp_path, release, seed) for _ in range(3)]
+    for peer in peers:
+        assert peer.wait(60) == 0, peer.output()
+    # They left because the tracker showed no leechers, long before --seed-after.
+    assert time.monotonic() - began < 25
+    for peer in peers:
+        assert tree_signature(peer.dest / release.tag) == tree_signature(release.src)
+        assert sorted(os.listdir(peer.dest)) == [release.tag]
+        status = peer.status()
+        assert status["state"] == "stopped" and status["installed"] is True
+        assert status["error"] is None
+        assert status["done"] == status["total"] == release.size
+        assert status["from_seeder"] + status["from_peers"] >= release.size
+        assert status["downloaded_at"] <= status["installed_at"] <= status["updated_at"]
+    stats = json.loads(fab("stats", "--url", tracker.url.replace("announce", "stats")).stdout)
+    assert stats["swarms"][release.info_hash]["completed"] >= 3
+    assert seed.status()["uploaded"] > 0
+    seed.proc.send_signal(signal.SIGTERM)
+    assert seed.wait(15) == 0
+    assert seed.status()["state"] == "stopped"
+
+
+def test_a_sha256_mismatch_fails_the_peer_with_nothing_at_the_final_path(
+    tmp_path: Path, tracker: Tracker, nodes: list[Node]
+) -> None:
+    release = create_release(tmp_path, tracker)
+    seed = start_seed(nodes, tmp_path, release)
+    seeding(seed)
+    peer = start_peer(nodes, tmp_path, release, seed, sha256="ab" * 32)
+    assert peer.wait(60) == 1
+    status = peer.status()
+    assert status["state"] == "failed" and status["installed"] is False
+    assert "SHA-256 mismatch" in status["error"]
+    assert not peer.dest.exists() or os.listdir(peer.dest) == []
+
+
+def test_a_peer_times_out_on_a_dead_seeder_and_says_how_far_it_got(
+    tmp_path: Path, tracker: Tracker, nodes: list[Node]
+) -> None:
+    release = create_release(tmp_path, tracker)
+    peer = start_peer(nodes, tmp_path, release, None, timeout="3")
+    assert peer.wait(30) == 1
+    status = peer.status()
+    assert status["state"] == "failed"
+    assert status["error"] == "timed out after 3s at 0.0%"
+    assert "timed out after 3s" in peer.output()
+    assert not peer.dest.exists() or os.listdir(peer.dest) == []
+
+
+def test_a_corrupt_seeder_copy_is_caught_before_the_seeder_reports_ready(
+    tmp_path: Path, tracker: Tracker
+) -> None:
+    release = create_release(tmp_path, tracker)
+    tarball = release.seed_dir / f"{release.tag}.tar"
+    with open(tarball, "r+b") as fh:
+        fh.seek(release.size // 2)
+        byte = fh.read(1)
+        fh.seek(release.size // 2)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    addr = next_address()
+    status_file = tmp_path / "seed.status.json"
+    result = fab(
+        "daemon", "start", "--pid-file", str(tmp_path / "seed.pid"), "--log",
+        str(tmp_path / "seed.log"), "--", "seed", "--torrent", str(release.torrent),
+        "--save-path", str(release.seed_dir), "--bind", addr, "--port", str(free_port(addr)),
+        "--status-file", str(status_file),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "does not match the torrent" in result.stderr
+    assert "65536 of" in result.stderr  # exactly one 64 KiB piece is bad
+    assert swarm.read_status(str(status_file))["state"] == "failed"
+    assert not (tmp_path / "seed.pid").exists()
+
+
+def test_only_allowed_addresses_can_fetch_pieces_from_the_seeder(
+    tmp_path: Path, tracker: Tracker, nodes: list[Node]
+) -> None:
+    release = create_release(tmp_path, tracker)
+    # The seeder's address is reserved first so the allowed peer's is known.
+    allowed_peer_addr = next_address()
+    seed = start_seed(nodes, tmp_path, release, "--allow", f"{allowed_peer_addr}/32")
+    seeding(seed)
+    outsider = start_peer(nodes, tmp_path, release, seed, timeout="4", seed_after="0")
+    assert outsider.wait(30) == 1
+    assert outsider.status()["error"] == "timed out after 4s at 0.0%"
+    assert outsider.status()["from_seeder"] == 0
+    insider = start_peer(nodes, tmp_path, release, seed, addr=allowed_peer_addr, seed_after="0")
+    assert insider.addr == allowed_peer_addr
+    assert insider.wait(60) == 0, insider.output()
+    assert insider.status()["from_seeder"] >= release.size
+
+
+def test_a_peer_refuses_at_once_when_the_release_is_already_installed(
+    tmp_path: Path, tracker: Tracker, nodes: list[Node]
+) -> None:
+    release = create_release(tmp_path, tracker)
+    addr = next_address()
+    existing = tmp_path / f"peer-{addr}" / "dest" / release.tag
+    existing.mkdir(parents=True)
+    (existing / "old").write_text("the release already there")
+    peer = start_peer(nodes, tmp_path, release, None, addr=addr)
+    assert peer.wait(30) == 1
+    assert "already exists" in peer.status()["error"]
+    assert peer.status()["done"] == 0
+    assert os.listdir(existing) == ["old"]
