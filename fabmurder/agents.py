@@ -1,0 +1,207 @@
+"""Start and stop the host-side daemons: tracker, seeder and peers.
+
+Each function builds one host-side command line (every argument quoted by
+:func:`~fabmurder.remote.agent_command`) and runs it on a role host of a
+:class:`~fabmurder.roles.Run`. The daemons write their PID files, logs and
+status files under ``temp_path``; stopping goes through those PID files
+only (``daemon stop`` checks the PID is still ours), never a name pattern.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from fabric import Connection
+from fabric.group import GroupResult
+
+from fabmurder.config import Settings
+from fabmurder.errors import HostError
+from fabmurder.remote import agent_command, failure_reason, run_agent
+from fabmurder.report import Event
+from fabmurder.roles import Run, probe, quote, require_reachable, shell
+from fabmurder.tags import validate_tag
+
+
+def tracker_token(run: Run) -> str:
+    """Return the tracker's URL token, made once and kept on the tracker host."""
+    s = run.s
+    assert s.tracker
+    path = s.tmp("tracker.token")
+    wanted = s.tracker_token or secrets.token_urlsafe(18)
+    tmp = quote(path + ".tmp")
+    write = f"(umask 077 && printf %s {quote(wanted)} > {tmp} && mv {tmp} {quote(path)})"
+    keep = "" if s.tracker_token else f"test -s {quote(path)} || "
+    command = f"mkdir -p {quote(s.temp_path)} && {{ {keep}{write}; }} && cat {quote(path)}"
+    token = shell(run.conn(s.tracker), command, "making the tracker token").stdout.strip()
+    if not token:
+        raise HostError(s.tracker, f"the tracker token file {path} is empty")
+    return token
+
+
+def tracker_urls(run: Run) -> tuple[str, str | None]:
+    """Return the announce URL and, for fabmurder's own tracker, the stats URL."""
+    s = run.s
+    if s.tracker_url:
+        return s.tracker_url, None
+    s.require("tracker")
+    assert s.tracker
+    if s.tracker not in run.addresses:
+        require_reachable(run, probe(run, [s.tracker]), s.tracker)
+    addr = run.addresses[s.tracker]
+    host = f"[{addr}]" if ":" in addr else addr
+    token = tracker_token(run)
+    base = f"http://{host}:{s.tracker_port}"
+    return f"{base}/announce/{token}", f"{base}/stats/{token}"
+
+
+def start_tracker_daemon(run: Run) -> str:
+    s = run.s
+    assert s.tracker
+    addr = run.addresses[s.tracker]
+    data = run_agent(
+        run.conn(s.tracker), s, "daemon", "start",
+        "--pid-file", s.tmp("tracker.pid"), "--log", s.tmp("tracker.log"), "--",
+        "tracker", "--bind", addr, "--port", s.tracker_port,
+        "--allow-file", s.tmp("tracker.allow"), "--token", tracker_token(run),
+        ok=(0, 3),
+    )  # fmt: skip
+    state = "already running" if data["exit"] == 3 else f"started (pid {data.get('pid')})"
+    run.emit(Event("host", f"tracker {state}", s.tracker, {"ok": True}))
+    return state
+
+
+def register(run: Run, info_hash: str, add: bool = True) -> None:
+    s = run.s
+    if s.tracker_url or not s.tracker:
+        return
+    flag = "--add" if add else "--remove"
+    run_agent(run.conn(s.tracker), s, "allow", "--file", s.tmp("tracker.allow"), flag, info_hash)
+
+
+def stop_daemons(run: Run, hosts: Iterable[str], stem: str, tag: str | None) -> GroupResult:
+    """Stop every daemon whose PID file matches ``<stem>-<tag>.pid`` on each host."""
+    s = run.s
+    pattern = (
+        quote(s.temp_path)
+        + "/"
+        + (stem if stem == "tracker" else f"{stem}-{quote(tag) if tag else '*'}")
+        + ".pid"
+    )
+    stop = agent_command(s, "daemon", "stop", "--pid-file", "PIDFILE").replace("PIDFILE", '"$f"')
+    command = (
+        f"test -x {quote(s.agent_python)} || exit 0; "
+        f'for f in {pattern}; do [ -e "$f" ] || continue; printf "%s\\n" "$f"; {stop}; done'
+    )
+
+    def stop_all(conn: Connection) -> list[dict[str, Any]]:
+        result = shell(conn, command, f"stopping {stem}", timeout=120)
+        stopped: list[dict[str, Any]] = []
+        pid_file = None
+        for line in result.stdout.splitlines():
+            if line.startswith("{"):
+                record = json.loads(line)
+                record["pid_file"] = pid_file
+                stopped.append(record)
+            elif line.strip():
+                pid_file = line.strip()
+        return stopped
+
+    result = run.pool.fan_out(hosts, stop_all)
+    for host, value in run.pool.by_host(result).items():
+        if isinstance(value, BaseException):
+            run.emit(
+                Event(
+                    "host",
+                    f"could not stop {stem}",
+                    host,
+                    {"ok": False, "reason": failure_reason(value)},
+                )
+            )
+            continue
+        what = [
+            f"{Path(r['pid_file'] or '?').name} pid {r['pid']}" for r in value if r.get("stopped")
+        ]
+        message = f"stopped {', '.join(what)}" if what else f"no {stem} running"
+        run.emit(Event("host", message, host, {"ok": True, "stopped": value}))
+    return result
+
+
+def valid_tag(tag: str | None) -> str | None:
+    """Return ``tag`` checked, or None for "every release"."""
+    return validate_tag(tag) if tag else None
+
+
+def clean(run: Run, hosts: Iterable[str], tag: str | None) -> GroupResult:
+    s = run.s
+    args = ["--temp-path", s.temp_path] + (["--tag", tag] if tag else [])
+    command = f"test -x {quote(s.agent_python)} || exit 0; " + agent_command(s, "clean", *args)
+    if tag:
+        command += (
+            f" && rm -rf -- {quote(s.tmp(f'upload-{tag}'))} {quote(s.tmp(f'upload-{tag}.tar'))}"
+        )
+    return run.pool.fan_out(
+        hosts, lambda conn: shell(conn, command, "cleaning temp files", timeout=120)
+    )
+
+
+def start_seed(run: Run) -> int | None:
+    s = run.s
+    assert s.seeder
+    args: list[object] = [
+        "--torrent", s.tmp(f"{s.tag}.torrent"), "--save-path", s.temp_path,
+        "--bind", run.addresses[s.seeder], "--port", s.peer_port,
+        "--status-file", s.tmp(f"seed-{s.tag}.status.json"), "--tag", s.tag,
+        *run.allow_args(),
+    ]  # fmt: skip
+    args += rate_args(s, download=False)
+    data = run_agent(
+        run.conn(s.seeder), s, "daemon", "start",
+        "--pid-file", s.tmp(f"seed-{s.tag}.pid"), "--log", s.tmp(f"seed-{s.tag}.log"),
+        "--", "seed", *args, ok=(0, 3),
+    )  # fmt: skip
+    running = "already seeding" if data["exit"] == 3 else f"seeding (pid {data.get('pid')})"
+    run.emit(Event("host", running, s.seeder, {"ok": True}))
+    return data.get("pid")
+
+
+def rate_args(s: Settings, download: bool) -> list[object]:
+    args: list[object] = []
+    if s.upload_rate_limit:
+        args += ["--upload-rate-limit", s.upload_rate_limit]
+    if download and s.download_rate_limit:
+        args += ["--download-rate-limit", s.download_rate_limit]
+    if s.libtorrent:
+        args += ["--settings", json.dumps(dict(s.libtorrent), sort_keys=True)]
+    return args
+
+
+def start_peer(run: Run, conn: Connection, torrent: Path, sha256: str) -> int | None:
+    s = run.s
+    assert s.destination_path and s.seeder
+    host = run.pool.host_of(conn)
+    shell(
+        conn, f"mkdir -p -- {quote(s.temp_path)} {quote(s.destination_path)}", "making directories"
+    )
+    conn.put(str(torrent), remote=s.tmp(f"{s.tag}.torrent"))
+    args: list[object] = [
+        "--torrent", s.tmp(f"{s.tag}.torrent"), "--save-path", s.temp_path,
+        "--bind", run.addresses[host], "--port", s.peer_port,
+        "--status-file", s.tmp(f"peer-{s.tag}.status.json"),
+        "--sha256", sha256, "--dest", s.destination_path, "--tag", s.tag,
+        "--timeout", s.timeout, "--seed-after", s.seed_after,
+        "--seeder", run.addresses[s.seeder], *run.allow_args(),
+    ]  # fmt: skip
+    args += rate_args(s, download=True)
+    if s.force:
+        args.append("--force")
+    data = run_agent(
+        conn, s, "daemon", "start",
+        "--pid-file", s.tmp(f"peer-{s.tag}.pid"), "--log", s.tmp(f"peer-{s.tag}.log"),
+        "--", "peer", *args, ok=(0, 3),
+    )  # fmt: skip
+    pid = data.get("pid")
+    return int(pid) if isinstance(pid, int) else None

@@ -1,0 +1,348 @@
+"""The ``murder`` configuration subtree: defaults, resolution and validation.
+
+Every key fabmurder reads is declared in :data:`DEFAULTS` (even those whose
+default is ``None``), because Invoke only lets ``FABRIC_MURDER_*``
+environment variables and runtime files override keys that already exist.
+:func:`settings` merges task flags over the config and checks the result
+once, so the pipeline can trust a :class:`Settings` without re-checking.
+
+Keys (all under ``murder``):
+
+``tracker``, ``seeder``, ``peers``
+    host strings (``user@host:port``) of the three roles; ``peers`` is a list
+    or a comma/space separated string (the form an environment variable has).
+``tracker_port`` (8998), ``peer_port`` (6881)
+    listen ports on the hosts.
+``tracker_url``
+    an external tracker's announce URL; when set, no tracker is started.
+``tracker_token``
+    secret path element of the announce URL; when unset, one is made per
+    tracker and kept in ``temp_path/tracker.token`` on the tracker host.
+``remote_path`` (``/opt/fabmurder``), ``temp_path`` (``/tmp/fabmurder``)
+    where the agent venv lives, and where torrents, tarballs, PID files and
+    logs go, on every host.
+``files_path``, ``local_path``, ``destination_path``, ``tag``
+    what to ship (on the seeder, or on the control machine), where it lands
+    on the peers (``destination_path/<tag>``), and the release name
+    (default: a UTC timestamp).
+``timeout`` (600), ``seed_after`` (30), ``max_failed_peers`` (0)
+    seconds a peer may take; seconds a finished peer keeps seeding; how many
+    peers may fail before the run does.
+``upload_rate_limit``, ``download_rate_limit``
+    bytes per second per host, 0 for no limit.
+``parallel`` (32)
+    maximum number of SSH operations in flight at once.
+``python`` (``python3``), ``wheel_dir``
+    the hosts' interpreter for the agent venv; a directory of wheels to ship
+    instead of the ones fabmurder builds.
+``force`` (False)
+    replace a release that already exists at ``destination_path/<tag>``.
+``piece_size``, ``libtorrent``
+    torrent piece size in bytes (default: chosen by ``create``); libtorrent
+    setting overrides passed to the agents.
+``poll_interval`` (1.0)
+    seconds between two progress polls of the hosts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fabmurder.errors import ConfigError
+from fabmurder.tags import default_tag, validate_tag
+
+#: Every key of the ``murder`` subtree with its default.
+DEFAULTS: dict[str, Any] = {
+    "tracker": None,
+    "seeder": None,
+    "peers": None,
+    "tracker_port": 8998,
+    "peer_port": 6881,
+    "tracker_url": None,
+    "tracker_token": None,
+    "remote_path": "/opt/fabmurder",
+    "temp_path": "/tmp/fabmurder",
+    "files_path": None,
+    "local_path": None,
+    "destination_path": None,
+    "tag": None,
+    "timeout": 600,
+    "seed_after": 30,
+    "max_failed_peers": 0,
+    "upload_rate_limit": 0,
+    "download_rate_limit": 0,
+    "parallel": 32,
+    "python": "python3",
+    "wheel_dir": None,
+    "force": False,
+    "piece_size": None,
+    "libtorrent": {},
+    "poll_interval": 1.0,
+}
+
+_INT_KEYS = (
+    "tracker_port",
+    "peer_port",
+    "max_failed_peers",
+    "upload_rate_limit",
+    "download_rate_limit",
+    "parallel",
+)
+_FLOAT_KEYS = ("timeout", "seed_after", "poll_interval")
+_PATH_KEYS = ("remote_path", "temp_path", "files_path", "destination_path")
+
+
+class ConfigWarning(UserWarning):
+    """A ``murder`` config key fabmurder does not know (most likely a typo)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved ``murder`` settings of one run (see the module docstring)."""
+
+    tracker: str | None
+    seeder: str | None
+    peers: tuple[str, ...]
+    tracker_port: int
+    peer_port: int
+    tracker_url: str | None
+    tracker_token: str | None
+    remote_path: str
+    temp_path: str
+    files_path: str | None
+    local_path: str | None
+    destination_path: str | None
+    tag: str
+    timeout: float
+    seed_after: float
+    max_failed_peers: int
+    upload_rate_limit: int
+    download_rate_limit: int
+    parallel: int
+    python: str
+    wheel_dir: str | None
+    force: bool
+    piece_size: int | None
+    libtorrent: Mapping[str, Any] = field(default_factory=dict)
+    poll_interval: float = 1.0
+
+    @property
+    def agent_python(self) -> str:
+        """Return the agent venv's interpreter on the hosts."""
+        return f"{self.remote_path}/venv/bin/python"
+
+    def tmp(self, name: str) -> str:
+        """Return the path of ``name`` under ``temp_path`` on a host."""
+        return f"{self.temp_path}/{name}"
+
+    @property
+    def role_hosts(self) -> tuple[str, ...]:
+        """Return every distinct host of the three roles, tracker first."""
+        hosts: list[str] = []
+        own_tracker = None if self.tracker_url else self.tracker
+        for host in (own_tracker, self.seeder, *self.peers):
+            if host and host not in hosts:
+                hosts.append(host)
+        return tuple(hosts)
+
+    def require(self, *keys: str) -> Settings:
+        """Return self if every key in ``keys`` is set, else raise.
+
+        ``"tracker"`` is satisfied by ``tracker_url`` as well, and
+        ``"files_path"`` by ``local_path``.
+
+        :raises ConfigError: naming the first missing key.
+        """
+        for key in keys:
+            value = getattr(self, key)
+            if key == "tracker" and self.tracker_url:
+                continue
+            if key == "files_path" and self.local_path:
+                continue
+            if value in (None, "", ()):
+                hint = {
+                    "tracker": " (or murder.tracker_url for an external tracker)",
+                    "files_path": " (or murder.local_path to upload a local build)",
+                }.get(key, "")
+                raise ConfigError(
+                    f"murder.{key} is not set{hint}; set it in your Fabric config, "
+                    f"a FABRIC_MURDER_{key.upper()} environment variable or a task flag",
+                    key=key,
+                )
+        return self
+
+
+def split_host(host: str) -> tuple[str | None, str, int | None]:
+    """Split a ``user@host:port`` host string into its three parts.
+
+    :raises ConfigError: if the port is not a number.
+    """
+    user, _, rest = host.rpartition("@")
+    port: int | None = None
+    hostname = rest
+    if rest.startswith("["):  # [v6addr]:port
+        hostname, _, tail = rest[1:].partition("]")
+        if tail.startswith(":"):
+            port = _port(tail[1:], host)
+    elif rest.count(":") == 1:
+        hostname, _, tail = rest.partition(":")
+        port = _port(tail, host)
+    return (user or None), hostname, port
+
+
+def _port(text: str, host: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"host string {host!r} has a non-numeric port {text!r}") from None
+
+
+def _host_key(host: str) -> tuple[str, int]:
+    _, hostname, port = split_host(host)
+    return hostname.lower(), port or 22
+
+
+def _hosts(value: Any, key: str) -> tuple[str, ...]:
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        items = value.replace(",", " ").split()
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ConfigError(f"murder.{key} must be a list of host strings, not {value!r}", key=key)
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise ConfigError(f"murder.{key} holds an invalid host string: {item!r}", key=key)
+    return tuple(item.strip() for item in items)
+
+
+def _number(value: Any, key: str, kind: type) -> Any:
+    if isinstance(value, bool):
+        raise ConfigError(f"murder.{key} must be a number, not {value!r}", key=key)
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"murder.{key} must be a number, not {value!r}", key=key) from None
+    if number < 0:
+        raise ConfigError(f"murder.{key} must not be negative, got {value!r}", key=key)
+    return number
+
+
+def _bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"murder.{key} must be true or false, not {value!r}", key=key)
+
+
+def warn_unknown_keys(tree: Mapping[str, Any]) -> list[str]:
+    """Warn about each key of ``tree`` that fabmurder does not know; return them."""
+    unknown = sorted(key for key in tree if key not in DEFAULTS)
+    for key in unknown:
+        close = difflib.get_close_matches(key, list(DEFAULTS), n=1)
+        hint = f"; did you mean murder.{close[0]}?" if close else ""
+        warnings.warn(f"unknown config key murder.{key}{hint}", ConfigWarning, stacklevel=3)
+    return unknown
+
+
+def murder_tree(c: Any) -> dict[str, Any]:
+    """Return the ``murder`` subtree of a context's config as a plain dict."""
+    tree = c.config.get("murder") if hasattr(c.config, "get") else None
+    if tree is None:
+        return {}
+    return {key: tree[key] for key in tree}
+
+
+def settings(c: Any, **overrides: Any) -> Settings:
+    """Resolve the run's settings: flags in ``overrides`` over ``c.config.murder``.
+
+    An override of ``None`` means "not given" and falls back to the config,
+    so task keyword arguments can default to ``None``.
+
+    :raises ConfigError: for an invalid tag, a non-numeric value, the same
+        host named twice, or the seeder also named as a peer.
+    """
+    tree = murder_tree(c)
+    warn_unknown_keys(tree)
+    for key in overrides:
+        if key not in DEFAULTS:
+            raise ConfigError(f"unknown setting {key!r}", key=key)
+    merged: dict[str, Any] = dict(DEFAULTS)
+    merged.update({k: v for k, v in tree.items() if k in DEFAULTS})
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+
+    values: dict[str, Any] = {}
+    for key in _INT_KEYS:
+        values[key] = _number(merged[key], key, int)
+    for key in _FLOAT_KEYS:
+        values[key] = _number(merged[key], key, float)
+    for key in ("tracker_port", "peer_port"):
+        if not 0 < values[key] < 65536:
+            raise ConfigError(f"murder.{key} must be a port number, got {merged[key]!r}", key=key)
+    if values["parallel"] < 1:
+        raise ConfigError("murder.parallel must be at least 1", key="parallel")
+    piece = merged["piece_size"]
+    values["piece_size"] = None if piece in (None, "", 0) else _number(piece, "piece_size", int)
+    values["force"] = _bool(merged["force"], "force")
+
+    for key in ("tracker", "seeder"):
+        host = merged[key]
+        if host is not None and (not isinstance(host, str) or not host.strip()):
+            raise ConfigError(f"murder.{key} must be a host string, not {host!r}", key=key)
+        values[key] = host.strip() if host else None
+    values["peers"] = _hosts(merged["peers"], "peers")
+    for key in ("tracker", "seeder"):
+        if values[key]:
+            split_host(values[key])
+    _check_roles(values["seeder"], values["peers"])
+
+    for key in _PATH_KEYS:
+        path = merged[key]
+        if path is not None and (not isinstance(path, str) or not path.strip()):
+            raise ConfigError(f"murder.{key} must be a path, not {path!r}", key=key)
+        values[key] = path.rstrip("/") or "/" if path else None
+    for key in ("remote_path", "temp_path"):
+        if not values[key] or not values[key].startswith("/") or values[key] == "/":
+            raise ConfigError(
+                f"murder.{key} must be an absolute path other than '/', got {merged[key]!r}",
+                key=key,
+            )
+    for key in ("tracker_url", "tracker_token", "local_path", "wheel_dir"):
+        values[key] = str(merged[key]) if merged[key] not in (None, "") else None
+    token = values["tracker_token"]
+    if token is not None and not all(ch.isalnum() or ch in "-_" for ch in token):
+        raise ConfigError("murder.tracker_token may hold letters, digits, '-' and '_' only")
+    values["python"] = str(merged["python"] or "python3")
+    tag = merged["tag"]
+    values["tag"] = validate_tag(str(tag)) if tag not in (None, "") else default_tag()
+    lt = merged["libtorrent"] or {}
+    if not isinstance(lt, Mapping):
+        raise ConfigError(f"murder.libtorrent must be a mapping, not {lt!r}", key="libtorrent")
+    values["libtorrent"] = dict(lt)
+    return Settings(**values)
+
+
+def _check_roles(seeder: str | None, peers: tuple[str, ...]) -> None:
+    seen: dict[tuple[str, int], str] = {}
+    for host in peers:
+        key = _host_key(host)
+        if key in seen:
+            raise ConfigError(
+                f"murder.peers names the same host twice: {seen[key]!r} and {host!r}",
+                key="peers",
+            )
+        seen[key] = host
+    if seeder and _host_key(seeder) in seen:
+        raise ConfigError(
+            f"host {seeder!r} is both the seeder and a peer; a host may play one of these roles",
+            key="peers",
+        )

@@ -1,0 +1,232 @@
+"""Install the agent (fabmurder, libtorrent, bencode.py) on the role hosts.
+
+The control machine ships every wheel, so the hosts never need a package
+index: fabmurder's own wheel is built from the package this process imports
+(pure Python, byte-for-byte reproducible), and each dependency is repacked
+from its installed distribution into a wheel cached under
+``~/.cache/fabmurder/wheels`` (or downloaded with ``pip download
+--only-binary=:all:`` when it was not installed from a wheel). A
+``murder.wheel_dir`` replaces all of that with the user's own wheels.
+
+On each host the wheels land in ``remote_path/wheels`` and are installed
+into ``remote_path/venv`` (made with the host's ``murder.python``) with
+``pip install --no-index``. A stamp holding the hash of the wheel set makes
+a second run a single SSH command per host.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import os
+import shlex
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from fabric import Connection
+
+from fabmurder.config import Settings
+from fabmurder.errors import HostError, MurderError
+from fabmurder.remote import QUIET, failure_reason
+
+#: distributions the host side imports, besides fabmurder itself
+HOST_DEPENDENCIES = ("libtorrent", "bencode.py")
+MIN_PYTHON = (3, 11)
+_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class WheelSet:
+    """The wheels to ship, and the hash that names the set."""
+
+    paths: tuple[Path, ...]
+    digest: str
+
+
+def cache_dir() -> Path:
+    """Return the control machine's wheel cache directory."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fabmurder" / "wheels"
+
+
+def _record_hash(data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+    return "sha256=" + digest.decode()
+
+
+def _write_wheel(target: Path, files: list[tuple[str, bytes]], dist_info: str) -> Path:
+    """Write a wheel of ``files`` (archive name, bytes) plus its RECORD, reproducibly."""
+    rows = [(name, _record_hash(data), str(len(data))) for name, data in files]
+    record_name = f"{dist_info}/RECORD"
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([*rows, (record_name, "", "")])
+    entries = [*files, (record_name, buf.getvalue().encode())]
+    tmp = target.with_name(target.name + ".part")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, data in entries:
+            info = zipfile.ZipInfo(name, date_time=_EPOCH)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, data)
+    tmp.replace(target)
+    return target
+
+
+def build_self_wheel(out_dir: Path) -> Path:
+    """Build fabmurder's wheel from the package this process imports."""
+    import fabmurder
+
+    package = Path(fabmurder.__file__).resolve().parent
+    version = fabmurder.__version__
+    if version == "0+unknown":
+        version = "0"
+    files: list[tuple[str, bytes]] = []
+    for path in sorted(package.rglob("*")):
+        rel = path.relative_to(package.parent).as_posix()
+        if path.is_dir() or "__pycache__" in path.parts or path.suffix in (".pyc", ".pyo"):
+            continue
+        files.append((rel, path.read_bytes()))
+    dist_info = f"fabmurder-{version}.dist-info"
+    meta = f"Metadata-Version: 2.1\nName: fabmurder\nVersion: {version}\n"
+    wheel = "Wheel-Version: 1.0\nGenerator: fabmurder\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    files += [(f"{dist_info}/METADATA", meta.encode()), (f"{dist_info}/WHEEL", wheel.encode())]
+    return _write_wheel(out_dir / f"fabmurder-{version}-py3-none-any.whl", files, dist_info)
+
+
+def _tag_suffix(wheel_text: str) -> str:
+    tags = [
+        line.split(":", 1)[1].strip() for line in wheel_text.splitlines() if line.startswith("Tag:")
+    ]
+    parts = [list(dict.fromkeys(t.split("-")[i] for t in tags)) for i in range(3)]
+    return "-".join(".".join(p) for p in parts)
+
+
+def repack_installed(name: str, out_dir: Path) -> Path:
+    """Return a wheel of the installed distribution ``name``, cached in ``out_dir``.
+
+    :raises MurderError: when ``name`` is not installed from a wheel and
+        ``pip download`` cannot fetch a binary wheel of the same version.
+    """
+    dist = metadata.distribution(name)
+    project = dist.metadata["Name"].replace("-", "_").replace(".", "_")
+    wheel_text = dist.read_text("WHEEL")
+    if not wheel_text or not dist.files:
+        return _pip_download(dist.metadata["Name"], dist.version, out_dir)
+    target = out_dir / f"{project}-{dist.version}-{_tag_suffix(wheel_text)}.whl"
+    if target.exists():
+        return target
+    dist_info = f"{project}-{dist.version}.dist-info"
+    skip = {"INSTALLER", "REQUESTED", "RECORD", "direct_url.json"}
+    files: list[tuple[str, bytes]] = []
+    for item in dist.files:
+        rel = item.as_posix()
+        if rel.startswith("..") or "__pycache__" in rel or rel.endswith(".pyc"):
+            continue
+        if rel.split("/", 1)[0].endswith(".dist-info"):
+            if rel.rsplit("/", 1)[-1] in skip and rel.count("/") == 1:
+                continue
+            rel = dist_info + "/" + rel.split("/", 1)[1]
+        files.append((rel, Path(str(dist.locate_file(item))).read_bytes()))
+    return _write_wheel(target, files, dist_info)
+
+
+def _pip_download(name: str, version: str, out_dir: Path) -> Path:
+    before = set(out_dir.glob("*.whl"))
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    cmd += ["-d", str(out_dir), f"{name}=={version}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    new = sorted(set(out_dir.glob("*.whl")) - before)
+    if proc.returncode != 0 or not new:
+        found = [p for p in out_dir.glob("*.whl") if p.name.lower().startswith(name.lower())]
+        if proc.returncode == 0 and found:
+            return found[0]
+        raise MurderError(f"cannot get a wheel of {name}=={version}: {proc.stderr.strip()[-300:]}")
+    return new[0]
+
+
+def wheel_set(s: Settings) -> WheelSet:
+    """Return the wheels to ship: ``wheel_dir``'s, or built and cached ones."""
+    if s.wheel_dir:
+        paths = sorted(Path(s.wheel_dir).expanduser().glob("*.whl"))
+        if not paths:
+            raise MurderError(f"murder.wheel_dir {s.wheel_dir!r} holds no wheels")
+    else:
+        cache = cache_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        build = cache / "self"
+        build.mkdir(exist_ok=True)
+        paths = [build_self_wheel(build)] + [repack_installed(n, cache) for n in HOST_DEPENDENCIES]
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return WheelSet(tuple(paths), digest.hexdigest())
+
+
+def _python_check(python: str) -> str:
+    want = ", ".join(str(n) for n in MIN_PYTHON)
+    code = f"import sys, venv, ensurepip; sys.exit(0 if sys.version_info >= ({want}) else 3)"
+    return f"{shlex.quote(python)} -c {shlex.quote(code)}"
+
+
+def install_host(conn: Connection, s: Settings, wheels: WheelSet) -> str:
+    """Install the agent on one host; return "installed" or "up to date".
+
+    :raises HostError: when the host lacks a usable Python or pip fails.
+    """
+    host = conn.original_host
+    root = shlex.quote(s.remote_path)
+    venv_py = shlex.quote(s.agent_python)
+    stamp = f"{s.remote_path}/installed.sha256"
+    probe = conn.run(f"test -x {venv_py} && cat {shlex.quote(stamp)} 2>/dev/null || true", **QUIET)
+    if probe.stdout.strip() == wheels.digest:
+        return "up to date"
+    check = conn.run(_python_check(s.python), **QUIET)
+    if check.exited != 0:
+        version = "not found" if check.exited == 127 else failure_reason(check)
+        raise HostError(
+            host,
+            f"no usable Python: {s.python!r} must be Python >= "
+            f"{'.'.join(map(str, MIN_PYTHON))} with the venv and ensurepip modules "
+            f"({version}); set murder.python",
+            check,
+        )
+    wheel_dir = f"{s.remote_path}/wheels"
+    _checked(
+        conn,
+        f"mkdir -p {root} && rm -rf {shlex.quote(wheel_dir)} && mkdir -p {shlex.quote(wheel_dir)}",
+        "preparing remote_path",
+    )
+    for path in wheels.paths:
+        conn.put(str(path), remote=f"{wheel_dir}/{path.name}")
+    names = " ".join(shlex.quote(f"{wheel_dir}/{p.name}") for p in wheels.paths)
+    make_venv = f"{shlex.quote(s.python)} -m venv {shlex.quote(s.remote_path + '/venv')}"
+    _checked(
+        conn,
+        f"(test -x {venv_py} || {make_venv})"
+        f" && {venv_py} -m pip --isolated --disable-pip-version-check install --quiet"
+        f" --no-index --no-deps --force-reinstall --find-links {shlex.quote(wheel_dir)} {names}"
+        f" && {venv_py} -m fabmurder --help >/dev/null",
+        "installing the agent",
+    )
+    _checked(
+        conn,
+        f"printf '%s\\n' {shlex.quote(wheels.digest)} > {shlex.quote(stamp + '.tmp')}"
+        f" && mv {shlex.quote(stamp + '.tmp')} {shlex.quote(stamp)}",
+        "writing the install stamp",
+    )
+    return "installed"
+
+
+def _checked(conn: Connection, command: str, what: str) -> Any:
+    result = conn.run(command, **QUIET)
+    if result.exited != 0:
+        raise HostError(conn.original_host, f"{what} failed: {failure_reason(result)}", result)
+    return result

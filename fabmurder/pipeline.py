@@ -1,0 +1,477 @@
+"""The function layer: one plain function per Murder task.
+
+Each function takes a Fabric/Invoke ``Context`` first and keyword overrides
+of the ``murder`` config after it (``None`` means "use the config"), opens
+one connection per role host, and drives the host-side programs through
+``python -m fabmurder ...`` over SSH. Nothing here prints: progress goes to
+the ``on_event`` callback, results come back as values, and failures are
+:class:`~fabmurder.errors.MurderError` subclasses.
+
+The whole flow is :func:`distribute_files`; the other functions are its
+steps, usable on their own, as in Murder.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fabric.group import GroupResult
+
+from fabmurder import install
+from fabmurder.agents import (
+    clean,
+    register,
+    start_peer,
+    start_seed,
+    start_tracker_daemon,
+    stop_daemons,
+    tracker_urls,
+    valid_tag,
+)
+from fabmurder.errors import ConfigError, DeployError, HostError, MurderError
+from fabmurder.remote import QUIET, agent_command, failure_reason, run_agent
+from fabmurder.report import DeployReport, Event, EventCallback, HostReport
+from fabmurder.roles import (
+    POLL_TIMEOUT,
+    Run,
+    ensure_agent,
+    install_agent,
+    open_run,
+    probe,
+    quote,
+    require_reachable,
+    shell,
+)
+from fabmurder.watch import Watch, watch
+
+
+def setup(c: Any, *, on_event: EventCallback | None = None, **overrides: Any) -> GroupResult:
+    """Install the agent (fabmurder and libtorrent in a venv) on every role host.
+
+    :returns: Fabric's GroupResult: ``"installed"`` or ``"up to date"`` per
+        host, or the exception that stopped it.
+    :raises DeployError: when any host failed, naming each one and why.
+    """
+    run = open_run(c, on_event, **overrides)
+    with run.pool:
+        hosts = run.s.role_hosts
+        if not hosts:
+            raise ConfigError("no hosts: set murder.tracker, murder.seeder and murder.peers")
+        wheels = install.wheel_set(run.s)
+        result = run.pool.fan_out(hosts, lambda conn: install.install_host(conn, run.s, wheels))
+    failures = {h: failure_reason(v) for h, v in run.pool.by_host(result.failed).items()}
+    if failures:
+        raise DeployError(f"setup failed on {len(failures)} host(s)", failures, result)
+    return result
+
+
+def start_tracker(c: Any, *, on_event: EventCallback | None = None, **overrides: Any) -> str:
+    """Start the tracker on the tracker host unless it is already running.
+
+    :returns: the announce URL peers use.
+    :raises ConfigError: when ``tracker_url`` names an external tracker.
+    """
+    run = open_run(c, on_event, **overrides)
+    if run.s.tracker_url:
+        raise ConfigError("murder.tracker_url is set: the tracker is external, none is started")
+    run.s.require("tracker")
+    assert run.s.tracker
+    with run.pool:
+        announce, _ = tracker_urls(run)
+        ensure_agent(run, [run.s.tracker])
+        start_tracker_daemon(run)
+    return announce
+
+
+def _stop_task(
+    c: Any,
+    role: str,
+    stem: str,
+    tag: str | None,
+    on_event: EventCallback | None,
+    overrides: dict[str, Any],
+) -> GroupResult:
+    run = open_run(c, on_event, **overrides)
+    s = run.s
+    hosts = list(s.peers) if role == "peers" else [h for h in [getattr(s, role)] if h]
+    if not hosts:
+        raise ConfigError(f"murder.{role} is not set: nothing to stop", key=role)
+    with run.pool:
+        return stop_daemons(run, hosts, stem, tag)
+
+
+def stop_tracker(c: Any, *, on_event: EventCallback | None = None, **overrides: Any) -> GroupResult:
+    """Stop the tracker that fabmurder started on the tracker host, if it runs.
+
+    :returns: per host, the list of daemons stopped (``daemon stop`` records).
+    """
+    return _stop_task(c, "tracker", "tracker", None, on_event, overrides)
+
+
+def stop_seeding(
+    c: Any, tag: str | None = None, *, on_event: EventCallback | None = None, **overrides: Any
+) -> GroupResult:
+    """Stop seeding on the seeder: release ``tag``, or every release when ``tag`` is None."""
+    return _stop_task(c, "seeder", "seed", valid_tag(tag), on_event, overrides)
+
+
+def stop_peering(
+    c: Any, tag: str | None = None, *, on_event: EventCallback | None = None, **overrides: Any
+) -> GroupResult:
+    """Stop the peer agents on every peer: release ``tag``, or all when ``tag`` is None."""
+    return _stop_task(c, "peers", "peer", valid_tag(tag), on_event, overrides)
+
+
+def clean_temp_files(
+    c: Any, tag: str | None = None, *, on_event: EventCallback | None = None, **overrides: Any
+) -> GroupResult:
+    """Remove fabmurder's temp files (tarballs, torrents, logs) on every role host.
+
+    With ``tag``, only that release's files; files of running daemons stay.
+    """
+    run = open_run(c, on_event, **overrides)
+    with run.pool:
+        result = clean(run, run.s.role_hosts, valid_tag(tag))
+    for host, value in run.pool.by_host(result).items():
+        ok = not isinstance(value, BaseException)
+        data = {"ok": ok, "reason": None if ok else failure_reason(value)}
+        run.emit(Event("host", "temp files cleaned" if ok else "cleaning failed", host, data))
+    return result
+
+
+# -- the release ---------------------------------------------------------------------------------
+
+
+def _upload_local(run: Run) -> str:
+    """Hand ``local_path`` on this machine to the seeder; return its path there."""
+    s = run.s
+    assert s.local_path and s.seeder
+    local = Path(s.local_path).expanduser()
+    if not local.exists():
+        raise ConfigError(f"murder.local_path {s.local_path!r} does not exist", key="local_path")
+    conn = run.conn(s.seeder)
+    target = s.tmp(f"upload-{s.tag}")
+    shell(conn, f"rm -rf -- {quote(target)} && mkdir -p -- {quote(target)}", "preparing the upload")
+    if local.is_file():
+        remote = f"{target}/{local.name}"
+        conn.put(str(local), remote=remote)
+        shell(conn, f"chmod {oct(local.stat().st_mode & 0o7777)[2:]} {quote(remote)}", "upload")
+        return remote
+    with tempfile.TemporaryDirectory(prefix="fabmurder-") as tmp:
+        archive = Path(tmp) / "upload.tar"
+        with tarfile.open(archive, "w") as tar:
+            for child in sorted(local.iterdir()):
+                tar.add(child, arcname=child.name)
+        conn.put(str(archive), remote=f"{target}.tar")
+    archive_path = quote(target + ".tar")
+    unpack = f"tar -C {quote(target)} -xpf {archive_path} && rm -f -- {archive_path}"
+    shell(conn, unpack, "unpacking the upload")
+    return target
+
+
+def _create(run: Run, announce: str) -> dict[str, Any]:
+    s = run.s
+    assert s.seeder
+    src = _upload_local(run) if s.local_path else s.files_path
+    args: list[object] = [
+        "--src",
+        src,
+        "--out-dir",
+        s.temp_path,
+        "--tag",
+        s.tag,
+        "--announce",
+        announce,
+    ]
+    if s.piece_size:
+        args += ["--piece-size", s.piece_size]
+    conn = run.conn(s.seeder)
+    shell(conn, f"mkdir -p -- {quote(s.temp_path)}", "making temp_path")
+    info = run_agent(conn, s, "create", *args)
+    for key in ("info_hash", "sha256", "torrent"):
+        if not info.get(key):
+            raise HostError(s.seeder, f"create printed no {key}: {info}")
+    register(run, info["info_hash"])
+    run.emit(
+        Event(
+            "host",
+            f"torrent {info['info_hash']} ({info.get('size', 0)} bytes)",
+            s.seeder,
+            {"ok": True, "create": info},
+        )
+    )
+    return info
+
+
+def create_torrent(
+    c: Any, *, on_event: EventCallback | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """Pack ``files_path`` on the seeder and make its torrent, registered with the tracker.
+
+    :returns: what ``create`` printed: ``tag``, ``tarball``, ``torrent``,
+        ``sha256``, ``size``, ``info_hash``, ``piece_size``, ``files``.
+    """
+    run = open_run(c, on_event, **overrides)
+    run.s.require("seeder", "files_path", "tracker")
+    assert run.s.seeder
+    with run.pool:
+        require_reachable(run, probe(run, [run.s.seeder]), run.s.seeder)
+        announce, _ = tracker_urls(run)
+        ensure_agent(run, [h for h in run.s.role_hosts if h in (run.s.seeder, run.s.tracker)])
+        return _create(run, announce)
+
+
+def start_seeding(c: Any, *, on_event: EventCallback | None = None, **overrides: Any) -> int | None:
+    """Seed release ``tag`` (made by create_torrent) from the seeder, detached.
+
+    :returns: the seeding daemon's PID (None if it was already running).
+    """
+    run = open_run(c, on_event, **overrides)
+    run.s.require("seeder", "tag")
+    assert run.s.seeder
+    with run.pool:
+        failures = probe(run, run.s.role_hosts)
+        require_reachable(run, failures, run.s.seeder)
+        ensure_agent(run, [run.s.seeder])
+        return start_seed(run)
+
+
+def _download(
+    run: Run, peers: list[str], info: dict[str, Any], stats_url: str | None, report: DeployReport
+) -> None:
+    """Start the peer agents on ``peers`` and wait for them; fill ``report``."""
+    s = run.s
+    assert s.seeder
+    with tempfile.TemporaryDirectory(prefix="fabmurder-") as tmp:
+        torrent = Path(tmp) / f"{s.tag}.torrent"
+        run.conn(s.seeder).get(s.tmp(f"{s.tag}.torrent"), local=str(torrent))
+        run.phase(f"starting {len(peers)} peer(s)")
+        started = time.monotonic()
+        result = run.pool.by_host(
+            run.pool.fan_out(peers, lambda conn: start_peer(run, conn, torrent, info["sha256"]))
+        )
+    watches: dict[str, Watch] = {}
+    for host in peers:
+        value = result[host]
+        r = report.hosts[host]
+        if isinstance(value, BaseException):
+            r.reason = f"could not start the peer agent: {failure_reason(value)}"
+            run.emit(Event("host", "failed", host, {"ok": False, "reason": r.reason}))
+            continue
+        watches[host] = Watch(r, pid=value, started=started)
+    if watches:
+        run.phase(f"downloading on {len(watches)} peer(s)")
+        watch(run, watches, stats_url, info)
+
+
+def _finish(run: Run, peers: list[str], info_hash: str | None) -> None:
+    """Stop seeding and peering and clean the temp files; never raises."""
+    s = run.s
+    alive = [h for h in peers if h not in run.unreachable]
+    run.phase("stopping seeding and peering, cleaning temp files")
+    try:
+        if s.seeder:
+            stop_daemons(run, [s.seeder], "seed", s.tag)
+        stop_daemons(run, alive, "peer", s.tag)
+        clean(run, [h for h in [s.seeder, *alive] if h], s.tag)
+        if info_hash:
+            register(run, info_hash, add=False)
+    except MurderError as exc:
+        run.emit(Event("warning", f"cleanup incomplete: {exc}"))
+
+
+def distribute_files(
+    c: Any, *, on_event: EventCallback | None = None, **overrides: Any
+) -> DeployReport:
+    """Ship ``files_path`` (or ``local_path``) from the seeder to every peer over BitTorrent.
+
+    Packs the release on the seeder, registers its torrent with the tracker
+    (started if needed), seeds it, lets all peers download, verify and
+    extract it to ``destination_path/<tag>`` atomically, then stops seeding
+    and peering and cleans the temp files.
+
+    :returns: the per-host report, when at most ``max_failed_peers`` failed.
+    :raises DeployError: with ``.failures`` (host -> reason) and ``.report``
+        when more peers failed than allowed; the others keep their release.
+    :raises HostError: when the seeder or tracker cannot be used.
+    :raises ConfigError: for missing or invalid settings, or when a peer
+        already holds the tag and ``force`` is not set.
+    """
+    run = open_run(c, on_event, **overrides)
+    s = run.s
+    s.require("seeder", "peers", "files_path", "destination_path", "tracker")
+    assert s.seeder
+    began = time.monotonic()
+    report = DeployReport(tag=s.tag, hosts={h: HostReport(h) for h in s.peers})
+    info: dict[str, Any] = {}
+    with run.pool:
+        run.phase(f"connecting to {len(s.role_hosts)} host(s)")
+        own_tracker = None if s.tracker_url else s.tracker
+        probe_failures = probe(run, s.role_hosts, check_dest=s.peers)
+        require_reachable(run, probe_failures, s.seeder, own_tracker)
+        existing = {
+            h: r for h, r in probe_failures.items() if h in s.peers and h not in run.unreachable
+        }
+        if existing:
+            names = ", ".join(sorted(existing))
+            raise ConfigError(
+                f"release {s.tag!r} already exists on {names}; use --force to replace it",
+                key="force",
+            )
+        for host, reason in probe_failures.items():
+            if host in report.hosts:
+                report.hosts[host].reason = reason
+                run.emit(Event("host", "failed", host, {"ok": False, "reason": reason}))
+        reachable = [h for h in s.role_hosts if h not in run.unreachable]
+        run.phase("installing the agent")
+        for host, reason in install_agent(run, reachable).items():
+            if host not in report.hosts:
+                raise HostError(host, f"installing the agent failed: {reason}")
+            report.hosts[host].reason = f"installing the agent failed: {reason}"
+            run.unreachable[host] = reason
+        peers = [h for h in s.peers if not report.hosts[h].finished]
+        try:
+            run.phase("creating the torrent")
+            announce, stats_url = tracker_urls(run)
+            info = _create(run, announce)
+            report.info_hash, report.sha256 = info["info_hash"], info["sha256"]
+            report.size = int(info.get("size") or 0)
+            if own_tracker:
+                run.phase("starting the tracker")
+                start_tracker_daemon(run)
+            run.phase("seeding")
+            start_seed(run)
+            if peers:
+                _download(run, peers, info, stats_url, report)
+        finally:
+            _finish(run, peers, info.get("info_hash"))
+    report.seconds = time.monotonic() - began
+    failures = report.failures
+    if len(failures) > s.max_failed_peers:
+        raise DeployError(
+            f"{len(failures)} of {len(s.peers)} peer(s) failed "
+            f"(max_failed_peers is {s.max_failed_peers})",
+            failures,
+            report,
+        )
+    return report
+
+
+def peer_download(
+    c: Any, sha256: str | None = None, *, on_event: EventCallback | None = None, **overrides: Any
+) -> DeployReport:
+    """Download release ``tag`` (already being seeded) on every peer and wait for it.
+
+    The torrent is copied from the seeder's ``temp_path``; ``sha256`` is
+    the tarball's digest, read from the seeder when not given. The peers
+    keep seeding for ``seed_after`` seconds or until stop_peering.
+
+    :raises DeployError: when more peers failed than ``max_failed_peers``.
+    """
+    run = open_run(c, on_event, **overrides)
+    s = run.s
+    s.require("seeder", "peers", "destination_path", "tag")
+    assert s.seeder
+    report = DeployReport(tag=s.tag, hosts={h: HostReport(h) for h in s.peers})
+    began = time.monotonic()
+    with run.pool:
+        failures = probe(run, [s.seeder, *s.peers], check_dest=s.peers)
+        require_reachable(run, failures, s.seeder)
+        for host, reason in failures.items():
+            if host in report.hosts:
+                report.hosts[host].reason = reason
+        peers = [h for h in s.peers if not report.hosts[h].finished]
+        setup_failures = install_agent(run, peers)
+        for host, reason in setup_failures.items():
+            report.hosts[host].reason = f"installing the agent failed: {reason}"
+        peers = [h for h in peers if h not in setup_failures]
+        tarball = s.tmp(f"{s.tag}.tar")
+        if not sha256:
+            out = shell(
+                run.conn(s.seeder), f"sha256sum -- {quote(tarball)}", "reading the release digest"
+            )
+            sha256 = out.stdout.split()[0]
+        size = shell(
+            run.conn(s.seeder), f"stat -c %s -- {quote(tarball)}", "reading the release size"
+        )
+        report.sha256, report.size = sha256, int(size.stdout.strip() or 0)
+        info = {"sha256": sha256, "size": report.size, "info_hash": None}
+        stats_url = None
+        if not s.tracker_url and s.tracker:
+            _, stats_url = tracker_urls(run)
+        if peers:
+            _download(run, peers, info, stats_url, report)
+    report.seconds = time.monotonic() - began
+    if len(report.failures) > s.max_failed_peers:
+        raise DeployError(
+            f"{len(report.failures)} of {len(s.peers)} peer(s) failed", report.failures, report
+        )
+    return report
+
+
+def _tracker_stats(run: Run, tracker: str) -> dict[str, Any]:
+    """Return the running tracker's /stats, without starting or changing anything."""
+    s = run.s
+    require_reachable(run, probe(run, [tracker]), tracker)
+    conn = run.conn(tracker)
+    token = conn.run(f"cat -- {quote(s.tmp('tracker.token'))} 2>/dev/null", **QUIET).stdout.strip()
+    if not token:
+        return {"running": False}
+    addr = run.addresses[tracker]
+    host = f"[{addr}]" if ":" in addr else addr
+    url = f"http://{host}:{s.tracker_port}/stats/{token}"
+    return run_agent(conn, s, "stats", "--url", url)
+
+
+def status(c: Any, *, on_event: EventCallback | None = None, **overrides: Any) -> dict[str, Any]:
+    """Return the state of every role host: daemons, status files and releases.
+
+    :returns: host -> ``{"roles": [...], "status": <status JSON>}`` or
+        ``{"roles": [...], "error": reason}``; under the key ``"tracker"``
+        (when fabmurder runs it) the tracker's ``/stats``.
+    """
+    run = open_run(c, on_event, **overrides)
+    s = run.s
+    roles: dict[str, list[str]] = {}
+    for role, hosts in (
+        ("tracker", [s.tracker] if not s.tracker_url else []),
+        ("seeder", [s.seeder]),
+        ("peer", list(s.peers)),
+    ):
+        for host in hosts:
+            if host:
+                roles.setdefault(host, []).append(role)
+    args = ["--temp-path", s.temp_path] + (
+        ["--dest", s.destination_path] if s.destination_path else []
+    )
+    command = (
+        f"test -x {quote(s.agent_python)} || {{ echo '{{\"agent\": false}}'; exit 0; }}; "
+        + agent_command(s, "status", *args)
+    )
+    out: dict[str, Any] = {}
+    with run.pool:
+        result = run.pool.by_host(
+            run.pool.fan_out(
+                roles, lambda conn: shell(conn, command, "status", timeout=POLL_TIMEOUT)
+            )
+        )
+        for host, value in result.items():
+            entry: dict[str, Any] = {"roles": roles[host]}
+            if isinstance(value, BaseException):
+                entry["error"] = failure_reason(value)
+            else:
+                from fabmurder.remote import parse_json
+
+                entry["status"] = parse_json(value.stdout) or {}
+            out[host] = entry
+        tracker = s.tracker if not s.tracker_url else None
+        if tracker and "error" not in out.get(tracker, {"error": 1}):
+            try:
+                out["tracker"] = _tracker_stats(run, tracker)
+            except MurderError as exc:
+                out["tracker"] = {"error": str(exc)}
+    return out

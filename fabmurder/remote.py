@@ -1,0 +1,165 @@
+"""Connections to the role hosts and bounded-concurrency fan-out over them.
+
+One :class:`Pool` lives for one run: each host is connected once and the
+connection is reused by every phase. :meth:`Pool.fan_out` runs a function
+per host on at most ``parallel`` threads, so a thousand peers never mean a
+thousand threads, and returns Fabric's :class:`~fabric.group.GroupResult`
+(results and exceptions per :class:`~fabric.Connection`).
+
+Host-side programs are started with :func:`agent_command`, which quotes
+every argument; every remote action goes through ``Connection.run`` or
+``Connection.put`` so ``--echo``, ``hide`` and ``warn`` behave as Fabric
+users expect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shlex
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from fabric import Connection
+from fabric.group import GroupResult
+
+from fabmurder.config import Settings
+from fabmurder.errors import HostError
+
+T = TypeVar("T")
+
+#: run() keywords for machine-to-machine commands: no echo of output, no
+#: stdin forwarding (many threads must not compete for the terminal), and
+#: non-zero exits come back as results to be judged by the caller.
+QUIET: dict[str, Any] = {"hide": True, "warn": True, "in_stream": False}
+
+
+def agent_command(s: Settings, command: str, *args: object) -> str:
+    """Return the shell command that runs ``python -m fabmurder <command> <args>``."""
+    argv = [s.agent_python, "-m", "fabmurder", command, *(str(a) for a in args)]
+    return " ".join(shlex.quote(part) for part in argv)
+
+
+def parse_json(stdout: str) -> dict[str, Any] | None:
+    """Return the JSON object a host-side command printed, or None."""
+    text = stdout.strip()
+    candidates = [text, *reversed(text.splitlines())] if text else []
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def failure_reason(result: Any) -> str:
+    """Return one line explaining why a command result or exception failed."""
+    if isinstance(result, BaseException):
+        text = str(result).strip() or type(result).__name__
+        if isinstance(result, HostError):
+            text = result.reason
+        elif isinstance(result, OSError | EOFError) or "ssh" in type(result).__module__.lower():
+            text = f"cannot connect: {text}"
+        return text.splitlines()[-1] if text else type(result).__name__
+    stderr = (getattr(result, "stderr", "") or "").strip()
+    last = stderr.splitlines()[-1] if stderr else ""
+    code = getattr(result, "exited", "?")
+    return f"{last} (exit {code})" if last else f"exit {code}"
+
+
+def run_agent(
+    conn: Connection, s: Settings, command: str, *args: object, ok: tuple[int, ...] = (0,)
+) -> dict[str, Any]:
+    """Run a host-side command on ``conn`` and return the JSON it printed.
+
+    :param ok: exit codes that count as success (``daemon start`` adds 3).
+    :raises HostError: when the command exits with another code, with the
+        last line of its stderr as the reason.
+    """
+    result = conn.run(agent_command(s, command, *args), **QUIET)
+    if result.exited not in ok:
+        raise HostError(conn.original_host, f"{command}: {failure_reason(result)}", result)
+    data = parse_json(result.stdout) or {}
+    data.setdefault("exit", result.exited)
+    return data
+
+
+class Pool:
+    """Connections to the hosts of one run, made once and reused."""
+
+    def __init__(self, config: Any, parallel: int = 32) -> None:
+        self.config = config
+        self.parallel = max(1, int(parallel))
+        self._connections: dict[str, Connection] = {}
+        self._names: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get(self, host: str) -> Connection:
+        """Return the one connection of this pool to ``host`` (opened lazily)."""
+        with self._lock:
+            conn = self._connections.get(host)
+            if conn is None:
+                conn = Connection(host, config=self.config)
+                self._connections[host] = conn
+                self._names[id(conn)] = host
+            return conn
+
+    def host_of(self, conn: Connection) -> str:
+        """Return the host string ``conn`` was made from (with its user and port)."""
+        return self._names.get(id(conn), conn.original_host)
+
+    def by_host(self, result: GroupResult) -> dict[str, Any]:
+        """Return a GroupResult keyed by host string instead of Connection."""
+        return {self.host_of(conn): value for conn, value in result.items()}
+
+    def fan_out(self, hosts: Iterable[str], fn: Callable[[Connection], T]) -> GroupResult:
+        """Call ``fn(connection)`` for each host, at most ``parallel`` at once.
+
+        Exceptions do not escape: they are stored as that host's result, so
+        one unreachable host never stops the others.
+        """
+        names = list(dict.fromkeys(hosts))
+        result = GroupResult()
+        if not names:
+            return result
+        conns = [self.get(host) for host in names]
+
+        def call(conn: Connection) -> Any:
+            try:
+                return fn(conn)
+            except Exception as exc:  # per-host failure, reported in the result
+                return _Failed(exc)
+
+        workers = min(self.parallel, len(conns))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="murder") as pool:
+            for conn, value in zip(conns, pool.map(call, conns), strict=True):
+                result[conn] = value.exc if isinstance(value, _Failed) else value
+        return result
+
+    def close(self) -> None:
+        """Close every connection the pool opened."""
+        with self._lock:
+            connections, self._connections = list(self._connections.values()), {}
+            self._names = {}
+        for conn in connections:
+            # closing a dead transport may fail; there is nothing to save then
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+class _Failed:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+

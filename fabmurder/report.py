@@ -1,0 +1,80 @@
+"""What the function layer tells its caller: progress events and per-host reports.
+
+The pipeline never prints. It calls an ``on_event`` callback with
+:class:`Event` objects while it runs, and returns (or attaches to its
+:class:`~fabmurder.errors.DeployError`) a :class:`DeployReport` at the end.
+The task layer renders both (:mod:`fabmurder.progress`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened during a run.
+
+    ``kind`` is one of ``"phase"`` (a step began: ``message`` says which),
+    ``"host"`` (a host finished or failed: ``host``, ``data["ok"]``,
+    ``data["reason"]``), ``"progress"`` (``data`` holds ``done``,
+    ``failed``, ``total``, ``bytes``, ``bytes_total`` and, with fabmurder's
+    own tracker, ``swarm``: the tracker's stats of this torrent), or
+    ``"warning"``.
+    """
+
+    kind: str
+    message: str = ""
+    host: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+EventCallback = Callable[[Event], None]
+
+
+def ignore(event: Event) -> None:
+    """Drop an event: the default callback."""
+
+
+@dataclass
+class HostReport:
+    """How one peer fared in a run."""
+
+    host: str
+    ok: bool = False
+    reason: str | None = None
+    state: str = "pending"
+    seconds: float | None = None
+    bytes: int = 0
+    from_seeder: int = 0
+    from_peers: int = 0
+    hash_failures: int = 0
+
+    @property
+    def finished(self) -> bool:
+        """Return True once the host is installed or has failed."""
+        return self.ok or self.reason is not None
+
+
+@dataclass
+class DeployReport:
+    """The outcome of one run over the peers, host by host."""
+
+    tag: str
+    info_hash: str | None = None
+    sha256: str | None = None
+    size: int = 0
+    seconds: float = 0.0
+    hosts: dict[str, HostReport] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """Return host -> reason for every host that did not get the release."""
+        return {h: r.reason or "unknown" for h, r in self.hosts.items() if not r.ok}
+
+    @property
+    def succeeded(self) -> list[str]:
+        """Return the hosts that hold the release."""
+        return [h for h, r in self.hosts.items() if r.ok]

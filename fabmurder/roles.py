@@ -1,0 +1,148 @@
+"""The role hosts of one run: connections, fleet addresses and the agent.
+
+A :class:`Run` is what the steps of one pipeline call share: the resolved
+settings, one connection per host (:class:`~fabmurder.remote.Pool`), the
+event callback, and each host's fleet address, learned from the SSH server
+itself so that host strings may be ssh_config aliases or sit behind a
+gateway.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fabric import Connection
+
+from fabmurder import install
+from fabmurder.config import Settings, settings
+from fabmurder.errors import HostError
+from fabmurder.remote import QUIET, Pool, failure_reason
+from fabmurder.report import Event, EventCallback, ignore
+
+#: seconds a single status or probe command may take before the host is failed
+POLL_TIMEOUT = 60.0
+
+
+@dataclass
+class Run:
+    """What the steps of one run share: settings, connections, addresses."""
+
+    s: Settings
+    pool: Pool
+    emit: EventCallback
+    addresses: dict[str, str] = field(default_factory=dict)
+    unreachable: dict[str, str] = field(default_factory=dict)
+
+    def conn(self, host: str) -> Connection:
+        return self.pool.get(host)
+
+    def phase(self, message: str) -> None:
+        self.emit(Event("phase", message))
+
+    def allow_args(self) -> list[str]:
+        """Return ``--allow`` arguments naming every role host's address."""
+        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for addr in self.addresses.values():
+            try:
+                nets.append(ipaddress.ip_network(addr))
+            except ValueError:
+                continue
+        args: list[str] = []
+        for version in (4, 6):
+            group = [n for n in nets if n.version == version]
+            for net in ipaddress.collapse_addresses(group):  # type: ignore[type-var]
+                args += ["--allow", str(net)]
+        return args
+
+
+def open_run(c: Any, on_event: EventCallback | None, **overrides: Any) -> Run:
+    s = settings(c, **overrides)
+    return Run(s, Pool(c.config, s.parallel), on_event or ignore)
+
+
+def shell(conn: Connection, command: str, what: str, timeout: float | None = None) -> Any:
+    result = conn.run(command, timeout=timeout, **QUIET)
+    if result.exited != 0:
+        raise HostError(conn.original_host, f"{what}: {failure_reason(result)}", result)
+    return result
+
+
+def quote(path: str) -> str:
+    return shlex.quote(path)
+
+
+# -- probing and setup ---------------------------------------------------------------------
+
+
+def probe(run: Run, hosts: Iterable[str], check_dest: Iterable[str] = ()) -> dict[str, str]:
+    """Learn each host's fleet address; return host -> failure reason for the unreachable.
+
+    The address is the one the SSH server answered on (``$SSH_CONNECTION``),
+    so host strings may be ssh_config aliases or go through gateways.
+    """
+    s = run.s
+    dest = f"{s.destination_path}/{s.tag}" if s.destination_path else None
+    hosts = [h for h in hosts if h not in run.addresses]
+    check = set(check_dest)
+
+    def probe(conn: Connection) -> dict[str, str]:
+        command = 'printf "addr=%s\\n" "${SSH_CONNECTION:-}"'
+        if run.pool.host_of(conn) in check and dest:
+            command += (
+                f"; if test -e {quote(dest)} || test -L {quote(dest)}; then echo exists=1; fi"
+            )
+        result = shell(conn, command, "probing the host", timeout=POLL_TIMEOUT)
+        return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+
+    failures: dict[str, str] = {}
+    for host, value in run.pool.by_host(run.pool.fan_out(hosts, probe)).items():
+        if isinstance(value, BaseException):
+            failures[host] = failure_reason(value)
+            run.unreachable[host] = failures[host]
+            continue
+        fields = value.get("addr", "").split()
+        address = fields[2] if len(fields) >= 3 else resolve(run.conn(host).host)
+        run.addresses[host] = address
+        if value.get("exists") == "1" and not s.force:
+            failures[host] = f"{dest} already exists (use --force to replace it)"
+    return failures
+
+
+def resolve(hostname: str) -> str:
+    try:
+        return str(socket.getaddrinfo(hostname, None)[0][4][0])
+    except OSError:
+        return hostname
+
+
+def require_reachable(run: Run, failures: dict[str, str], *hosts: str | None) -> None:
+    for host in hosts:
+        if host and host in failures:
+            raise HostError(host, failures[host])
+
+
+def install_agent(run: Run, hosts: Iterable[str]) -> dict[str, str]:
+    """Install the agent on ``hosts``; return host -> failure reason."""
+    wheels = install.wheel_set(run.s)
+    result = run.pool.by_host(
+        run.pool.fan_out(hosts, lambda conn: install.install_host(conn, run.s, wheels))
+    )
+    failures = {}
+    for host, value in result.items():
+        if isinstance(value, BaseException):
+            failures[host] = failure_reason(value)
+        else:
+            run.emit(Event("host", f"agent {value}", host, {"ok": True}))
+    return failures
+
+
+def ensure_agent(run: Run, hosts: Iterable[str]) -> None:
+    failures = install_agent(run, hosts)
+    if failures:
+        host, reason = next(iter(failures.items()))
+        raise HostError(host, f"installing the agent failed: {reason}")

@@ -1,0 +1,289 @@
+"""fabmurder's Fabric tasks: Murder's task set as a reusable collection.
+
+Add it to your fabfile with::
+
+    from fabric import Collection
+    import fabmurder
+
+    ns = Collection()
+    ns.add_collection(fabmurder.ns, name="murder")
+
+and run ``fab murder.distribute-files --tag v42``. Every task reads the
+``murder`` config subtree (see :mod:`fabmurder.config` for the keys); a
+flag given on the command line overrides the config for that run. The
+tasks are thin: each calls the function of the same name in
+:mod:`fabmurder.pipeline`, draws its progress and turns failures into a
+clean :class:`invoke.Exit`.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from fabric import task
+from fabric.group import GroupResult
+from invoke.collection import Collection
+from invoke.exceptions import Exit
+
+from fabmurder import pipeline
+from fabmurder.config import DEFAULTS
+from fabmurder.errors import DeployError, MurderError
+from fabmurder.progress import Renderer, table
+from fabmurder.report import DeployReport
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+TAG = "release name (default: murder.tag, else a UTC timestamp)"
+RUN_HELP: dict[str, str] = {
+    "tag": TAG,
+    "files_path": "on the seeder: the directory (or file) to ship",
+    "local_path": "on this machine: a build to upload to the seeder first",
+    "destination_path": "on the peers: releases land in DESTINATION_PATH/<tag>",
+    "force": "replace a release that already exists at the destination",
+    "timeout": "seconds a peer may take to download",
+    "seed_after": "seconds a finished peer keeps seeding for the others",
+    "max_failed_peers": "how many peers may fail before the run does",
+    "upload_rate_limit": "bytes per second per host, 0 for no limit",
+    "download_rate_limit": "bytes per second per peer, 0 for no limit",
+    "parallel": "maximum number of SSH operations at once",
+}
+
+
+def _overrides(**kwargs: Any) -> dict[str, Any]:
+    """Drop flags that were not given (None; False for switches) so config applies."""
+    return {k: v for k, v in kwargs.items() if v is not None and v is not False}
+
+
+def _reported(fn: F) -> F:
+    """Turn fabmurder errors into a clean ``invoke.Exit`` with a per-host summary."""
+
+    @functools.wraps(fn)
+    def wrapper(c: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(c, *args, **kwargs)
+        except DeployError as exc:
+            if isinstance(exc.report, DeployReport):
+                print(table(exc.report), flush=True)
+            lines = [f"murder: {exc}:"] + [f"  [{h}] {r}" for h, r in exc.failures.items()]
+            raise Exit("\n".join(lines), code=1) from None
+        except MurderError as exc:
+            raise Exit(f"murder: {exc}", code=1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _host_lines(result: GroupResult, describe: Callable[[Any], str]) -> None:
+    for conn, value in result.items():
+        if isinstance(value, BaseException):
+            print(f"[{conn.original_host}] failed: {value}", file=sys.stderr)
+        else:
+            print(f"[{conn.original_host}] {describe(value)}")
+
+
+def _failed(result: GroupResult, what: str) -> None:
+    if result.failed:
+        names = ", ".join(conn.original_host for conn in result.failed)
+        raise Exit(f"murder: {what} failed on {names}", code=1)
+
+
+@task(help=RUN_HELP)
+@_reported
+def distribute_files(
+    c: Any,
+    tag: str | None = None,
+    files_path: str | None = None,
+    local_path: str | None = None,
+    destination_path: str | None = None,
+    force: bool = False,
+    timeout: str | None = None,
+    seed_after: str | None = None,
+    max_failed_peers: str | None = None,
+    upload_rate_limit: str | None = None,
+    download_rate_limit: str | None = None,
+    parallel: str | None = None,
+) -> DeployReport:
+    """Ship a release from the seeder to every peer over BitTorrent."""
+    renderer = Renderer()
+    try:
+        report = pipeline.distribute_files(
+            c,
+            on_event=renderer,
+            **_overrides(
+                tag=tag,
+                files_path=files_path,
+                local_path=local_path,
+                destination_path=destination_path,
+                force=force,
+                timeout=timeout,
+                seed_after=seed_after,
+                max_failed_peers=max_failed_peers,
+                upload_rate_limit=upload_rate_limit,
+                download_rate_limit=download_rate_limit,
+                parallel=parallel,
+            ),
+        )
+    finally:
+        renderer.close()
+    print(table(report), flush=True)
+    return report
+
+
+@task(help={"parallel": RUN_HELP["parallel"]})
+@_reported
+def setup(c: Any, parallel: str | None = None) -> GroupResult:
+    """Install the agent (fabmurder and libtorrent) on every role host."""
+    try:
+        result = pipeline.setup(c, **_overrides(parallel=parallel))
+    except DeployError as exc:
+        lines = [f"murder: {exc}:"] + [f"  [{h}] {r}" for h, r in exc.failures.items()]
+        raise Exit("\n".join(lines), code=1) from None
+    _host_lines(result, lambda value: f"agent {value}")
+    return result
+
+
+@task
+@_reported
+def start_tracker(c: Any) -> str:
+    """Start the tracker on the tracker host unless it is already running."""
+    return pipeline.start_tracker(c, on_event=Renderer())
+
+
+@task
+@_reported
+def stop_tracker(c: Any) -> GroupResult:
+    """Stop the tracker fabmurder started on the tracker host."""
+    result = pipeline.stop_tracker(c, on_event=Renderer())
+    _failed(result, "stopping the tracker")
+    return result
+
+
+@task(help={"tag": TAG, "files_path": RUN_HELP["files_path"], "local_path": RUN_HELP["local_path"]})
+@_reported
+def create_torrent(
+    c: Any, tag: str | None = None, files_path: str | None = None, local_path: str | None = None
+) -> dict[str, Any]:
+    """Pack the release on the seeder and make its torrent."""
+    info = pipeline.create_torrent(
+        c, on_event=Renderer(), **_overrides(tag=tag, files_path=files_path, local_path=local_path)
+    )
+    print(json.dumps(info, indent=2, sort_keys=True))
+    return info
+
+
+@task(help={"tag": "release to seed (made by create-torrent)"})
+@_reported
+def start_seeding(c: Any, tag: str | None = None) -> int | None:
+    """Seed a release from the seeder, detached."""
+    return pipeline.start_seeding(c, on_event=Renderer(), **_overrides(tag=tag))
+
+
+@task(help={"tag": "release to stop seeding (default: all)"})
+@_reported
+def stop_seeding(c: Any, tag: str | None = None) -> GroupResult:
+    """Stop seeding on the seeder (every release unless --tag is given)."""
+    result = pipeline.stop_seeding(c, tag, on_event=Renderer())
+    _failed(result, "stopping seeding")
+    return result
+
+
+@task(
+    help={
+        "tag": "release to download (being seeded already)",
+        "sha256": "the tarball's SHA-256 (default: read on the seeder)",
+        "destination_path": RUN_HELP["destination_path"],
+        "force": RUN_HELP["force"],
+        "timeout": RUN_HELP["timeout"],
+        "seed_after": RUN_HELP["seed_after"],
+        "max_failed_peers": RUN_HELP["max_failed_peers"],
+    }
+)
+@_reported
+def peer_download(
+    c: Any,
+    tag: str | None = None,
+    sha256: str | None = None,
+    destination_path: str | None = None,
+    force: bool = False,
+    timeout: str | None = None,
+    seed_after: str | None = None,
+    max_failed_peers: str | None = None,
+) -> DeployReport:
+    """Download a seeded release on every peer and wait until all have it."""
+    renderer = Renderer()
+    try:
+        report = pipeline.peer_download(
+            c,
+            sha256,
+            on_event=renderer,
+            **_overrides(
+                tag=tag,
+                destination_path=destination_path,
+                force=force,
+                timeout=timeout,
+                seed_after=seed_after,
+                max_failed_peers=max_failed_peers,
+            ),
+        )
+    finally:
+        renderer.close()
+    print(table(report), flush=True)
+    return report
+
+
+@task(help={"tag": "release to stop peering (default: all)"})
+@_reported
+def stop_peering(c: Any, tag: str | None = None) -> GroupResult:
+    """Stop the peer agents on every peer (every release unless --tag is given)."""
+    result = pipeline.stop_peering(c, tag, on_event=Renderer())
+    _failed(result, "stopping peering")
+    return result
+
+
+@task(help={"tag": "only this release's files (default: all)"})
+@_reported
+def clean_temp_files(c: Any, tag: str | None = None) -> GroupResult:
+    """Remove fabmurder's temp files on every role host."""
+    result = pipeline.clean_temp_files(c, tag, on_event=Renderer())
+    _failed(result, "cleaning temp files")
+    return result
+
+
+@task(help={"raw": "print the raw JSON instead of a summary"})
+@_reported
+def status(c: Any, raw: bool = False) -> dict[str, Any]:
+    """Show tracker, seeder and peer state, per host."""
+    state = pipeline.status(c)
+    if raw:
+        print(json.dumps(state, indent=2, sort_keys=True))
+        return state
+    for host, entry in state.items():
+        if host == "tracker":
+            print(f"tracker stats: {json.dumps(entry, sort_keys=True)}")
+            continue
+        roles = "+".join(entry["roles"])
+        if "error" in entry:
+            print(f"[{host}] {roles}: unreachable: {entry['error']}")
+        else:
+            print(f"[{host}] {roles}: {json.dumps(entry['status'], sort_keys=True)}")
+    return state
+
+
+ns = Collection(
+    distribute_files,
+    setup,
+    start_tracker,
+    stop_tracker,
+    create_torrent,
+    start_seeding,
+    stop_seeding,
+    peer_download,
+    stop_peering,
+    clean_temp_files,
+    status,
+)
+ns.configure({"murder": copy.deepcopy(DEFAULTS)})

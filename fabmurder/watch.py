@@ -1,0 +1,202 @@
+"""Wait for the peers: poll their status files and the tracker until each is done.
+
+Polls run on their own thread pool so that one host that stops answering
+never holds the others back, and a poll still pending is never sent again.
+A peer is done when its status file says ``installed``, or failed when the
+file says so, when its agent exited without installing, when it stops
+answering, or when ``timeout`` runs out.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from fabric import Connection
+
+from fabmurder.remote import QUIET, failure_reason, run_agent
+from fabmurder.report import Event, HostReport
+from fabmurder.roles import POLL_TIMEOUT, Run, quote
+
+#: seconds the control side waits beyond ``timeout`` before it gives up on a peer
+GRACE = 30.0
+
+
+@dataclass
+class Watch:
+    """Per-peer bookkeeping of the wait loop."""
+
+    report: HostReport
+    pid: int | None = None
+    started: float = 0.0
+    polled: float = 0.0
+    future: Future[Any] | None = None
+    submitted: float = 0.0
+
+
+def read_status(run: Run, conn: Connection, pid: int | None) -> tuple[dict[str, Any] | None, bool]:
+    s = run.s
+    status_file = s.tmp(f"peer-{s.tag}.status.json")
+    command = f"cat -- {quote(status_file)} 2>/dev/null; echo; echo '#'"
+    if pid:
+        command += f"; kill -0 {int(pid)} 2>/dev/null && echo alive || echo dead"
+    result = conn.run(command, timeout=POLL_TIMEOUT, **QUIET)
+    text, _, tail = result.stdout.rpartition("#")
+    try:
+        status = json.loads(text) if text.strip() else None
+    except ValueError:
+        status = None  # caught mid-rewrite; the next poll reads a whole file
+    return (status if isinstance(status, dict) else None), "dead" not in tail
+
+
+def log_tail(run: Run, host: str) -> str:
+    s = run.s
+    try:
+        out = run.conn(host).run(
+            f"tail -n 3 -- {quote(s.tmp(f'peer-{s.tag}.log'))}", timeout=30, **QUIET
+        )
+    except Exception:  # the reason is best effort; the host is failed either way
+        return ""
+    lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def apply_status(
+    w: Watch, status: dict[str, Any] | None, alive: bool, now: float, run: Run
+) -> None:
+    r = w.report
+    if status:
+        r.state = str(status.get("state", r.state))
+        r.bytes = int(status.get("done") or 0)
+        r.from_seeder = int(status.get("from_seeder") or 0)
+        r.from_peers = int(status.get("from_peers") or 0)
+        r.hash_failures = int(status.get("hash_failures") or 0)
+        if status.get("installed"):
+            r.ok = True
+            started, installed = status.get("started_at"), status.get("installed_at")
+            if isinstance(started, int | float) and isinstance(installed, int | float):
+                r.seconds = max(0.0, float(installed) - float(started))
+            else:
+                r.seconds = now - w.started
+            return
+        if r.state in ("failed", "stopped") and status.get("error"):
+            r.reason = str(status["error"])
+            return
+    if not alive:
+        r.reason = f"the peer agent exited without installing ({r.state})"
+        tail = log_tail(run, r.host)
+        if tail:
+            r.reason += f": {tail}"
+
+
+def watch(run: Run, watches: dict[str, Watch], stats_url: str | None, info: dict[str, Any]) -> None:
+    """Poll the peers (and the tracker's stats) until each is installed or failed."""
+    s = run.s
+    deadline = time.monotonic() + s.timeout + GRACE
+    total = len(watches)
+    size = int(info.get("size") or 0)
+    swarm: dict[str, Any] = {}
+    stats_future: Future[Any] | None = None
+    # Polls run on their own pool so that one host that stops answering never
+    # holds the others back; a poll still pending is not sent again.
+    with ThreadPoolExecutor(
+        max_workers=min(s.parallel, total + 1), thread_name_prefix="murder-poll"
+    ) as pool:
+        while True:
+            now = time.monotonic()
+            pending = [w for w in watches.values() if not w.report.finished]
+            for w in pending:
+                if w.future is not None and w.future.done():
+                    future, w.future = w.future, None
+                    try:
+                        status, alive = future.result()
+                    except Exception as exc:
+                        w.report.reason = f"lost contact during the download: {failure_reason(exc)}"
+                        run.unreachable[w.report.host] = w.report.reason
+                    else:
+                        apply_status(w, status, alive, now, run)
+                    if w.report.finished:
+                        run.emit(
+                            Event(
+                                "host",
+                                "installed" if w.report.ok else "failed",
+                                w.report.host,
+                                {"ok": w.report.ok, "reason": w.report.reason, "report": w.report},
+                            )
+                        )
+                elif w.future is not None and now - w.submitted > POLL_TIMEOUT:
+                    w.report.reason = f"no answer for {POLL_TIMEOUT:.0f} s during the download"
+                    run.unreachable[w.report.host] = w.report.reason
+                    run.emit(
+                        Event(
+                            "host",
+                            "failed",
+                            w.report.host,
+                            {"ok": False, "reason": w.report.reason},
+                        )
+                    )
+            if stats_url and stats_future is not None and stats_future.done():
+                swarm = swarm_stats(stats_future, info.get("info_hash")) or swarm
+                stats_future = None
+            pending = [w for w in watches.values() if not w.report.finished]
+            done = sum(1 for w in watches.values() if w.report.ok)
+            failed = total - done - len(pending)
+            run.emit(Event("progress", data={
+                "done": done, "failed": failed, "total": total,
+                "bytes": sum(w.report.bytes if not w.report.ok else size for w in watches.values()),
+                "bytes_total": size * total, "swarm": swarm,
+            }))  # fmt: skip
+            if not pending:
+                return
+            if now >= deadline:
+                for w in pending:
+                    w.report.reason = (
+                        f"timed out after {s.timeout:.0f} s ({w.report.state}, "
+                        f"{w.report.bytes} of {size} bytes)"
+                    )
+                    run.emit(
+                        Event(
+                            "host",
+                            "failed",
+                            w.report.host,
+                            {"ok": False, "reason": w.report.reason},
+                        )
+                    )
+                return
+            interval = max(s.poll_interval, len(pending) / 200)
+            for w in pending:
+                if w.future is None and now - w.polled >= interval:
+                    w.polled = w.submitted = now
+                    w.future = pool.submit(read_status, run, run.conn(w.report.host), w.pid)
+            if stats_url and stats_future is None:
+                assert s.tracker
+                stats_future = pool.submit(
+                    run_agent, run.conn(s.tracker), s, "stats", "--url", stats_url
+                )
+            polls: list[Future[Any] | None] = [w.future for w in pending]
+            pause(min(s.poll_interval, 0.5), [*polls, stats_future])
+
+
+def pause(seconds: float, futures: Sequence[Future[Any] | None]) -> None:
+    """Wait up to ``seconds`` or until any poll in ``futures`` answers."""
+    live = [f for f in futures if f is not None]
+    if live:
+        wait(live, timeout=seconds, return_when=FIRST_COMPLETED)
+    else:
+        time.sleep(seconds)  # pacing between poll rounds, not synchronisation
+
+
+def swarm_stats(future: Future[Any], info_hash: str | None) -> dict[str, Any] | None:
+    try:
+        data = future.result()
+    except Exception:  # the tracker's numbers are decoration; peers' status files decide
+        return None
+    swarms = data.get("swarms") if isinstance(data, dict) else None
+    if not isinstance(swarms, dict) or not info_hash:
+        return None
+    entry = swarms.get(info_hash.lower()) or swarms.get(info_hash.upper())
+    return entry if isinstance(entry, dict) else None
