@@ -31,9 +31,43 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 # public name -> module that defines it (control side, imported on demand)
 _LAZY: dict[str, str] = {
     "ns": "fabmurder.tasks",
+    "distribute_files": "fabmurder.pipeline",
+    "setup": "fabmurder.pipeline",
+    "start_tracker": "fabmurder.pipeline",
+    "stop_tracker": "fabmurder.pipeline",
+    "create_torrent": "fabmurder.pipeline",
+    "start_seeding": "fabmurder.pipeline",
+    "stop_seeding": "fabmurder.pipeline",
+    "peer_download": "fabmurder.pipeline",
+    "stop_peering": "fabmurder.pipeline",
+    "clean_temp_files": "fabmurder.pipeline",
+    "status": "fabmurder.pipeline",
+    "Settings": "fabmurder.config",
+    "settings": "fabmurder.config",
+    "DEFAULTS": "fabmurder.config",
+    "Event": "fabmurder.report",
+    "DeployReport": "fabmurder.report",
+    "HostReport": "fabmurder.report",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from fabmurder.config import DEFAULTS as DEFAULTS
+    from fabmurder.config import Settings as Settings
+    from fabmurder.config import settings as settings
+    from fabmurder.pipeline import clean_temp_files as clean_temp_files
+    from fabmurder.pipeline import create_torrent as create_torrent
+    from fabmurder.pipeline import distribute_files as distribute_files
+    from fabmurder.pipeline import peer_download as peer_download
+    from fabmurder.pipeline import setup as setup
+    from fabmurder.pipeline import start_seeding as start_seeding
+    from fabmurder.pipeline import start_tracker as start_tracker
+    from fabmurder.pipeline import status as status
+    from fabmurder.pipeline import stop_peering as stop_peering
+    from fabmurder.pipeline import stop_seeding as stop_seeding
+    from fabmurder.pipeline import stop_tracker as stop_tracker
+    from fabmurder.report import DeployReport as DeployReport
+    from fabmurder.report import Event as Event
+    from fabmurder.report import HostReport as HostReport
     from fabmurder.tasks import ns as ns
 
 __all__ = [
