@@ -229,11 +229,18 @@ class HTTPConnection(asyncio.Protocol):
         self._process()
 
     def _fail(self, status: int, text: bytes) -> None:
+        # Half-close and drain what the client still sends, so the kernel does
+        # not answer unread bytes with a reset that would destroy the reply;
+        # the reaper closes the connection if the client does not.
         assert self.transport is not None
         self.closing = True
         self.buf = b""
+        self.started = time.monotonic()
         self.transport.write(_response(status, _PLAIN, text, False))
-        self.transport.close()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
+            self.transport.close()
 
     def _process(self) -> None:
         transport = self.transport
@@ -325,7 +332,7 @@ class TrackerServer:
         """Close connections that are too slow to send a request, or idle too long."""
         header, idle = self.config.header_timeout, self.config.idle_timeout
         for conn in list(self.connections):
-            limit = header if (conn.buf or not conn.served) else idle
+            limit = header if (conn.buf or not conn.served or conn.closing) else idle
             if now - conn.started > limit and conn.transport is not None:
                 conn.closing = True
                 conn.transport.abort()

@@ -55,7 +55,7 @@ class Limits:
     @property
     def peer_ttl(self) -> float:
         """Seconds after its last announce that a peer is dropped."""
-        return self.interval * self.expire_factor + 10
+        return self.interval * self.expire_factor + min(10.0, self.interval / 2)
 
 
 class Peer:
