@@ -34,7 +34,7 @@ from fabric import Connection
 
 from fabmurder.config import Settings
 from fabmurder.errors import HostError, MurderError
-from fabmurder.remote import QUIET, failure_reason
+from fabmurder.remote import QUIET, failure_reason, host_name
 
 #: distributions the host side imports, besides fabmurder itself
 HOST_DEPENDENCIES = ("libtorrent", "bencode.py")
@@ -181,7 +181,7 @@ def install_host(conn: Connection, s: Settings, wheels: WheelSet) -> str:
 
     :raises HostError: when the host lacks a usable Python or pip fails.
     """
-    host = conn.original_host
+    host = host_name(conn)
     root = shlex.quote(s.remote_path)
     venv_py = shlex.quote(s.agent_python)
     stamp = f"{s.remote_path}/installed.sha256"
@@ -228,5 +228,5 @@ def install_host(conn: Connection, s: Settings, wheels: WheelSet) -> str:
 def _checked(conn: Connection, command: str, what: str) -> Any:
     result = conn.run(command, **QUIET)
     if result.exited != 0:
-        raise HostError(conn.original_host, f"{what} failed: {failure_reason(result)}", result)
+        raise HostError(host_name(conn), f"{what} failed: {failure_reason(result)}", result)
     return result

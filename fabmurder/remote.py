@@ -71,6 +71,11 @@ def failure_reason(result: Any) -> str:
     return f"{last} (exit {code})" if last else f"exit {code}"
 
 
+def host_name(conn: Any) -> str:
+    """Return a connection's host name for messages (a MockContext has none)."""
+    return str(getattr(conn, "original_host", None) or "local")
+
+
 def run_agent(
     conn: Connection, s: Settings, command: str, *args: object, ok: tuple[int, ...] = (0,)
 ) -> dict[str, Any]:
@@ -82,7 +87,7 @@ def run_agent(
     """
     result = conn.run(agent_command(s, command, *args), **QUIET)
     if result.exited not in ok:
-        raise HostError(conn.original_host, f"{command}: {failure_reason(result)}", result)
+        raise HostError(host_name(conn), f"{command}: {failure_reason(result)}", result)
     data = parse_json(result.stdout) or {}
     data.setdefault("exit", result.exited)
     return data

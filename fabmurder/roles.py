@@ -21,7 +21,7 @@ from fabric import Connection
 from fabmurder import install
 from fabmurder.config import Settings, settings
 from fabmurder.errors import HostError
-from fabmurder.remote import QUIET, Pool, failure_reason
+from fabmurder.remote import QUIET, Pool, failure_reason, host_name
 from fabmurder.report import Event, EventCallback, ignore
 
 #: seconds a single status or probe command may take before the host is failed
@@ -68,7 +68,7 @@ def open_run(c: Any, on_event: EventCallback | None, **overrides: Any) -> Run:
 def shell(conn: Connection, command: str, what: str, timeout: float | None = None) -> Any:
     result = conn.run(command, timeout=timeout, **QUIET)
     if result.exited != 0:
-        raise HostError(conn.original_host, f"{what}: {failure_reason(result)}", result)
+        raise HostError(host_name(conn), f"{what}: {failure_reason(result)}", result)
     return result
 
 
