@@ -26,7 +26,7 @@ RATE_MBIT = 100
 @pytest.fixture
 def small(require_root: None) -> Iterator[Fleet]:
     """A fresh two-host fleet of its own, for tests that break or inspect new hosts."""
-    fleet = up(2, name="fresh")
+    fleet = up(2, name="fresh", private_dirs=("/srv", "/tmp", "/mnt"))
     try:
         yield fleet
     finally:
@@ -92,6 +92,12 @@ def test_new_hosts_start_with_an_empty_srv_and_tmp(small: Fleet) -> None:
     results = small.group().run("ls -A /srv /tmp", hide=True)
     for result in results.values():
         assert result.stdout.split() == ["/srv:", "/tmp:"]
+
+
+def test_extra_private_dirs_are_private_too(small: Fleet) -> None:
+    small.connection(1).run("touch /mnt/fleet-test-mark")
+    assert small.run_in(2, ["ls", "-A", "/mnt"]).stdout == ""
+    assert not Path("/mnt/fleet-test-mark").exists()
 
 
 def test_runtime_fabric_file_lets_fab_reach_the_hosts(fleet: Fleet, tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ from fabmurder.testing.proc import (
 )
 
 STATE_FILE = "fleet.json"
-PRIVATE_DIRS = ("/srv:0755", "/tmp:1777")
+PRIVATE_DIRS = ("/srv", "/tmp")
 START_TIMEOUT = 15.0
 
 
@@ -81,6 +81,7 @@ class Fleet:
     known_hosts_path: Path
     rate_mbit: float | None
     hosts: list[Host] = field(default_factory=list)
+    private_dirs: list[str] = field(default_factory=lambda: list(PRIVATE_DIRS))
 
     # -- records --------------------------------------------------------------
 
@@ -283,6 +284,7 @@ def up(
     name: str = "fm",
     subnet: str | None = None,
     port: int = 22,
+    private_dirs: Sequence[str] = PRIVATE_DIRS,
 ) -> Fleet:
     """Bring up a fleet of *n* hosts called *name* and return it.
 
@@ -293,22 +295,33 @@ def up(
     :param rate_mbit: cap on each host's upload and download, in Mbit/s.
     :param name: 1 to 5 characters ``a-z0-9``; names the interfaces and state.
     :param subnet: a /24 to use instead of the first free one in 10.231.0.0/16.
+    :param private_dirs: absolute paths that get an empty tmpfs of their own on
+        each host (``/tmp`` with mode 1777, the others 0755). Anything else
+        on the hosts is this machine's file system, shared by all of them.
     """
     net.validate_name(name)
+    if not all(d.startswith("/") and ":" not in d for d in private_dirs):
+        raise FleetError(f"private_dirs must be absolute paths: {list(private_dirs)}")
     if not 1 <= n <= 250:
         raise FleetError(f"a fleet has 1 to 250 hosts, not {n}")
     down(name)
     root = state_dir(name)
     root.mkdir(parents=True, mode=0o700)
     try:
-        return _build(root, n, rate_mbit, name, subnet, port)
+        return _build(root, n, rate_mbit, name, subnet, port, private_dirs)
     except BaseException:
         down(name)
         raise
 
 
 def _build(
-    root: Path, n: int, rate_mbit: float | None, name: str, subnet: str | None, port: int
+    root: Path,
+    n: int,
+    rate_mbit: float | None,
+    name: str,
+    subnet: str | None,
+    port: int,
+    private_dirs: Sequence[str],
 ) -> Fleet:
     key_path = root / "id_ed25519"
     authorized = root / "authorized_keys"
@@ -340,7 +353,7 @@ def _build(
             sys.executable, "-I", "-S", hostinit.__file__,
             "--state", str(host_dir / "init.json"), "--hostname", host_name,
             "--port", str(port), "--log", str(host_dir / "sshd.log"),
-            *[arg for d in PRIVATE_DIRS for arg in ("--tmpfs", d)],
+            *[arg for d in private_dirs for arg in ("--tmpfs", f"{d}:{_mode(d)}")],
             "--", *sshd.sshd_argv(config, host_dir / "sshd.log"),
         ]  # fmt: skip
         # The init outlives this call: it must not hold our pipes open, so it logs to a file.
@@ -386,10 +399,15 @@ def _build(
         known_hosts_path=known_hosts,
         rate_mbit=rate_mbit,
         hosts=hosts,
+        private_dirs=list(private_dirs),
     )
     fleet.save()
     fleet.write_fabric_yaml(root / "fabric.yaml")
     return fleet
+
+
+def _mode(path: str) -> str:
+    return "1777" if path.rstrip("/") == "/tmp" else "0755"
 
 
 def down(name: str = "fm") -> None:
