@@ -112,7 +112,7 @@ def test_percent_decoding_is_byte_exact_for_every_byte_value() -> None:
 
 def test_stopped_may_omit_left() -> None:
     query = b"info_hash=" + b"a" * 20 + b"&peer_id=" + b"a" * 20 + b"&port=1&event=stopped"
-    assert parse_announce(query).left == 0
+    assert parse_announce(query).left == -1
 
 
 def test_scrape_takes_several_info_hashes_and_refuses_wrong_lengths() -> None:
@@ -231,6 +231,13 @@ def test_completion_counts_left_reaching_zero_and_completed_event_once() -> None
     ann(s, 2, "10.0.0.2", 0)
     stats = s.stats()[HASH.hex()]
     assert stats == {"peers": 3, "seeders": 3, "leechers": 0, "completed": 2, "left": 0}
+    ann(s, 4, "10.0.0.4", 100)
+    ann(s, 4, "10.0.0.4", 0, event="stopped")  # done and gone in one announce
+    ann(s, 5, "10.0.0.5", 100)
+    req = parse_announce(announce_query(peer_id=pid(5), port=6005, event="stopped", left=None))
+    s.announce(req, "10.0.0.5", 0)  # quit without saying left: not a completion
+    stats = s.stats()[HASH.hex()]
+    assert stats == {"peers": 3, "seeders": 3, "leechers": 0, "completed": 3, "left": 0}
 
 
 def test_stats_sum_left_and_follow_updates() -> None:

@@ -52,7 +52,7 @@ class Announce:
     port: int
     uploaded: int
     downloaded: int
-    left: int
+    left: int  # -1 only on a ``stopped`` that did not say
     event: bytes
     numwant: int | None
     compact: bool
@@ -152,8 +152,8 @@ def parse_announce(query: bytes) -> Announce:
     port = _required(params, b"port")
     if not 0 < port < 65536:
         raise RequestError("invalid port")
-    # ``left`` may be omitted by a client that is leaving; it then no longer counts.
-    left = _number(params, b"left", 0 if event == b"stopped" else None)
+    # A client that is leaving may omit ``left``: -1 stands for "not said".
+    left = _number(params, b"left", -1 if event == b"stopped" else None)
     if left is None:
         raise RequestError("missing left")
     uploaded = _number(params, b"uploaded", 0)

@@ -357,6 +357,9 @@ class Swarms:
             peer = None
         if req.event == b"stopped":
             if peer is not None:
+                if req.left == 0 and peer.left > 0 and not peer.counted:
+                    # Finished and left at once (aria2c with --seed-time=0).
+                    swarm.completed += 1
                 swarm.remove(peer, now)
             return AnnounceResult(swarm.seeders, swarm.leechers, [])
         if peer is None:
