@@ -1,0 +1,235 @@
+"""The Murder pipeline on the real fleet: setup, deploys, a dead peer, the stop tasks.
+
+Host 1 is tracker and seeder, hosts 2-9 are the eight peers. The agent and
+temp files live under each host's private ``/srv``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from invoke import Context
+
+from fabmurder import pipeline
+from fabmurder.errors import ConfigError, DeployError
+from fabmurder.report import Event
+from fabmurder.testing.fleet import Fleet
+
+AGENT = "/srv/fabmurder/agent"
+TEMP = "/srv/fabmurder/tmp"
+DEST = "/srv/releases"
+# Quotes, spaces and a $ in the seeder's path prove the quoting end to end.
+SRC = "/srv/build dir/it's \"the\" $build"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+MAKE_TREE = r"""
+set -e
+mkdir -p "$1/a/b/c" "$1/empty dir" "$1/bin" "$1/data"
+printf 'nested\n' > "$1/a/b/c/deep.txt"
+ln -s a/b/c/deep.txt "$1/link"
+printf '#!/bin/sh\necho run\n' > "$1/bin/run.sh"
+chmod 755 "$1/bin/run.sh"
+chmod 640 "$1/a/b/c/deep.txt"
+printf 'spaces\n' > "$1/name with spaces.txt"
+head -c 22020096 /dev/urandom > "$1/data/big.bin"
+"""
+
+MANIFEST = r"""
+import hashlib, json, os, stat, sys
+root = sys.argv[1]
+out = {}
+for here, dirs, files in os.walk(root):
+    for name in dirs + files:
+        path = os.path.join(here, name)
+        st = os.lstat(path)
+        rel = os.path.relpath(path, root)
+        if stat.S_ISLNK(st.st_mode):
+            out[rel] = ["link", os.readlink(path)]
+        elif stat.S_ISDIR(st.st_mode):
+            out[rel] = ["dir", oct(stat.S_IMODE(st.st_mode))]
+        else:
+            with open(path, "rb") as fh:
+                digest = hashlib.sha256(fh.read()).hexdigest()
+            out[rel] = ["file", oct(stat.S_IMODE(st.st_mode)), digest]
+print(json.dumps(out, sort_keys=True))
+"""
+
+
+@pytest.fixture(scope="session")
+def murder(fleet: Fleet) -> dict[str, Any]:
+    """Return the ``murder`` config of the fleet: roles and paths under /srv."""
+    hosts = [h.host_string for h in fleet.hosts]
+    return {
+        "tracker": hosts[0],
+        "seeder": hosts[0],
+        "peers": hosts[1:9],
+        "remote_path": AGENT,
+        "temp_path": TEMP,
+        "files_path": SRC,
+        "destination_path": DEST,
+        "timeout": 120,
+        "seed_after": 5,
+        "poll_interval": 0.5,
+    }
+
+
+def context(fleet: Fleet, murder: dict[str, Any]) -> Context:
+    config = fleet.fabric_config()
+    config["murder"] = dict(murder)
+    return Context(config=config)
+
+
+@pytest.fixture(scope="session")
+def installed(fleet: Fleet, murder: dict[str, Any]) -> float:
+    """Install the agent on every fleet host once per session; return how long it took."""
+    started = time.monotonic()
+    pipeline.setup(context(fleet, murder))
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="session")
+def release(fleet: Fleet, installed: float) -> dict[str, Any]:
+    """Build the release tree on the seeder and return its manifest."""
+    seeder = fleet.hosts[0]
+    fleet.run_in(seeder, ["sh", "-c", MAKE_TREE, "make-tree", SRC])
+    return manifest(fleet, seeder, SRC)
+
+
+def manifest(fleet: Fleet, host: Any, path: str) -> dict[str, Any]:
+    out = fleet.run_in(host, [sys.executable, "-c", MANIFEST, path])
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def agent_processes(fleet: Fleet, host: Any) -> list[str]:
+    """Return the command lines of fabmurder agents running in a host's namespace."""
+    pids = subprocess.run(
+        ["ip", "netns", "pids", fleet.host(host).netns], capture_output=True, text=True
+    ).stdout.split()
+    found = []
+    for pid in pids:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = " ".join(part.decode(errors="replace") for part in argv if part)
+        if "-m fabmurder" in text or AGENT in text:
+            found.append(text)
+    return found
+
+
+@pytest.fixture
+def events() -> Iterator[list[Event]]:
+    yield []
+
+
+def test_setup_installs_the_agent_everywhere_and_a_second_run_is_fast(
+    fleet: Fleet, murder: dict[str, Any], installed: float
+) -> None:
+    started = time.monotonic()
+    result = pipeline.setup(context(fleet, murder))
+    again = time.monotonic() - started
+    assert sorted(result.values()) == ["up to date"] * 9
+    assert again < max(5.0, installed / 2), (installed, again)
+    out = fleet.run_in(fleet.hosts[4], [f"{AGENT}/venv/bin/python", "-c", "import libtorrent"])
+    assert out.returncode == 0
+
+
+def test_a_release_tree_reaches_eight_peers_identical_in_bytes_and_modes(
+    fleet: Fleet, murder: dict[str, Any], release: dict[str, Any], events: list[Event]
+) -> None:
+    assert len(release) >= 10 and release["link"] == ["link", "a/b/c/deep.txt"]
+    report = pipeline.distribute_files(context(fleet, murder), tag="r1", on_event=events.append)
+    assert report.failures == {}
+    assert len(report.succeeded) == 8
+    for host in fleet.hosts[1:9]:
+        assert manifest(fleet, host, f"{DEST}/r1") == release, host.name
+        leftovers = fleet.run_in(host, ["sh", "-c", f"ls -A {DEST}; ls -A {TEMP}"]).stdout.split()
+        assert leftovers == ["r1"], (host.name, leftovers)
+        assert agent_processes(fleet, host) == []
+    assert all(r.bytes == report.size and r.seconds is not None for r in report.hosts.values())
+    assert sum(r.from_peers for r in report.hosts.values()) > 0
+    assert any(e.kind == "progress" and e.data["done"] == 8 for e in events)
+    # the tracker keeps running for the next deploy; the seeder does not
+    assert [p for p in agent_processes(fleet, fleet.hosts[0]) if "seed" in p] == []
+
+
+def test_the_same_tag_again_is_refused_and_nothing_is_touched(
+    fleet: Fleet, murder: dict[str, Any], release: dict[str, Any]
+) -> None:
+    with pytest.raises(ConfigError, match="already exists on .*--force"):
+        pipeline.distribute_files(context(fleet, murder), tag="r1")
+    assert manifest(fleet, fleet.hosts[3], f"{DEST}/r1") == release
+
+
+def test_the_example_fabfile_deploys_a_second_tag_through_the_real_fab_command(
+    fleet: Fleet, murder: dict[str, Any], release: dict[str, Any], tmp_path: Path
+) -> None:
+    staging = fleet.write_fabric_yaml(tmp_path / "staging.yaml", extra={"murder": murder})
+    fab = Path(sys.executable).with_name("fab")
+    out = subprocess.run(
+        [str(fab), "-f", str(staging), "deploy", "--tag", "r2"],
+        cwd=EXAMPLES,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "release r2: 8 of 8 peer(s) ok" in out.stdout
+    for host in fleet.hosts[1:9]:
+        assert fleet.run_in(host, ["cat", f"{DEST}/LIVE"]).stdout == "r2\n"
+        assert manifest(fleet, host, f"{DEST}/r2") == release
+        assert manifest(fleet, host, f"{DEST}/r1") == release  # the first release is intact
+
+
+def test_a_peer_that_is_down_fails_the_run_by_name_and_the_others_still_get_it(
+    fleet: Fleet, murder: dict[str, Any], release: dict[str, Any]
+) -> None:
+    down = fleet.hosts[8]
+    fleet.stop_sshd(down)
+    try:
+        with pytest.raises(DeployError) as caught:
+            pipeline.distribute_files(context(fleet, murder), tag="r3")
+    finally:
+        fleet.start_sshd(down)
+    failures = caught.value.failures
+    assert list(failures) == [down.host_string]
+    assert "cannot connect" in failures[down.host_string]
+    assert "1 of 8 peer(s) failed" in str(caught.value)
+    for host in fleet.hosts[1:8]:
+        assert manifest(fleet, host, f"{DEST}/r3") == release
+    assert fleet.run_in(down, ["ls", "-A", DEST]).stdout.split() == ["LIVE", "r1", "r2"]
+
+
+def test_stop_tasks_leave_no_fabmurder_process_on_any_host(
+    fleet: Fleet, murder: dict[str, Any], release: dict[str, Any], events: list[Event]
+) -> None:
+    c = context(fleet, {**murder, "tag": "r4", "seed_after": 300})
+    pipeline.start_tracker(c)
+    pipeline.create_torrent(c)
+    pipeline.start_seeding(c)
+    running = agent_processes(fleet, fleet.hosts[0])
+    assert any(" tracker " in p for p in running) and any(" seed " in p for p in running)
+
+    stopped = []
+    for stop in (pipeline.stop_peering, pipeline.stop_seeding, pipeline.stop_tracker):
+        result = stop(c, on_event=events.append)
+        assert not result.failed
+        stopped += [r for records in result.values() for r in records if r["stopped"]]
+    assert {Path(r["pid_file"]).name for r in stopped} >= {"tracker.pid", "seed-r4.pid"}
+    for host in fleet.hosts:
+        assert agent_processes(fleet, host) == [], host.name
+    # idempotent: a second round stops nothing and says so
+    again = pipeline.stop_tracker(c, on_event=events.append)
+    assert [r for records in again.values() for r in records if r["stopped"]] == []
+    assert events[-1].message == "no tracker running"
+    pipeline.clean_temp_files(c)
