@@ -1,0 +1,1 @@
+"""Benchmarks of fabmurder's parts (run as ``python -m benchmarks.<name>``)."""
