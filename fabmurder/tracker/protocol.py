@@ -61,6 +61,26 @@ class Announce:
     key: bytes | None
 
 
+def _split(query: bytes) -> list[bytes]:
+    parts = query.split(b"&") if query else []
+    if len(parts) > _MAX_PARAMS:
+        raise RequestError("too many parameters")
+    return parts
+
+
+def _decode(part: bytes) -> tuple[bytes, bytes]:
+    """Split ``name=value`` and percent-decode both, strictly."""
+    name, _, value = part.partition(b"=")
+    if b"%" in part:
+        if _BAD_PERCENT.search(part):
+            raise RequestError("bad percent-encoding")
+        if b"%" in name:
+            name = _unquote(name)
+        if b"%" in value:
+            value = _unquote(value)
+    return name, value
+
+
 def parse_query(query: bytes) -> dict[bytes, list[bytes]]:
     """Split a raw query string into percent-decoded values, strictly.
 
@@ -70,24 +90,20 @@ def parse_query(query: bytes) -> dict[bytes, list[bytes]]:
     :raises RequestError: on bad percent-encoding or too many parameters.
     """
     params: dict[bytes, list[bytes]] = {}
-    if not query:
-        return params
-    parts = query.split(b"&")
-    if len(parts) > _MAX_PARAMS:
-        raise RequestError("too many parameters")
-    for part in parts:
-        if not part:
-            continue
-        name, _, value = part.partition(b"=")
-        if b"%" in name:
-            if _BAD_PERCENT.search(name):
-                raise RequestError("bad percent-encoding")
-            name = _unquote(name)
-        if b"%" in value:
-            if _BAD_PERCENT.search(value):
-                raise RequestError("bad percent-encoding")
-            value = _unquote(value)
-        params.setdefault(name, []).append(value)
+    for part in _split(query):
+        if part:
+            name, value = _decode(part)
+            params.setdefault(name, []).append(value)
+    return params
+
+
+def _first_values(query: bytes) -> dict[bytes, bytes]:
+    """Like :func:`parse_query`, keeping the first value of each name."""
+    params: dict[bytes, bytes] = {}
+    for part in _split(query):
+        if part:
+            name, value = _decode(part)
+            params.setdefault(name, value)
     return params
 
 
@@ -99,13 +115,8 @@ def _unquote(raw: bytes) -> bytes:
     return text.encode("latin-1")
 
 
-def _one(params: dict[bytes, list[bytes]], name: bytes) -> bytes | None:
-    values = params.get(name)
-    return values[0] if values else None
-
-
-def _number(params: dict[bytes, list[bytes]], name: bytes, default: int | None) -> int | None:
-    raw = _one(params, name)
+def _number(params: dict[bytes, bytes], name: bytes, default: int | None) -> int | None:
+    raw = params.get(name)
     if raw is None or (raw == b"" and default is not None):
         return default
     if not raw.isdigit() or len(raw) > _MAX_DIGITS:
@@ -113,7 +124,7 @@ def _number(params: dict[bytes, list[bytes]], name: bytes, default: int | None) 
     return int(raw)
 
 
-def _required(params: dict[bytes, list[bytes]], name: bytes) -> int:
+def _required(params: dict[bytes, bytes], name: bytes) -> int:
     value = _number(params, name, None)
     if value is None:
         raise RequestError(f"missing {name.decode()}")
@@ -135,18 +146,19 @@ def parse_announce(query: bytes) -> Announce:
 
     :raises RequestError: naming the first problem found.
     """
-    params = parse_query(query)
-    info_hash = _one(params, b"info_hash")
+    params = _first_values(query)
+    get = params.get
+    info_hash = get(b"info_hash")
     if info_hash is None:
         raise RequestError("missing info_hash")
     if len(info_hash) != 20:
         raise RequestError("invalid info_hash")
-    peer_id = _one(params, b"peer_id")
+    peer_id = get(b"peer_id")
     if peer_id is None:
         raise RequestError("missing peer_id")
     if len(peer_id) != 20:
         raise RequestError("invalid peer_id")
-    event = _one(params, b"event") or b""
+    event = get(b"event") or b""
     if event not in EVENTS:
         raise RequestError("invalid event")
     port = _required(params, b"port")
@@ -158,12 +170,12 @@ def parse_announce(query: bytes) -> Announce:
         raise RequestError("missing left")
     uploaded = _number(params, b"uploaded", 0)
     downloaded = _number(params, b"downloaded", 0)
-    numwant = None if not _one(params, b"numwant") else _number(params, b"numwant", None)
-    compact = _one(params, b"compact") != b"0"
-    no_peer_id = _one(params, b"no_peer_id") == b"1"
-    raw_ip = _one(params, b"ip")
+    numwant = None if not get(b"numwant") else _number(params, b"numwant", None)
+    compact = get(b"compact") != b"0"
+    no_peer_id = get(b"no_peer_id") == b"1"
+    raw_ip = get(b"ip")
     ip = _ipv4(raw_ip) if raw_ip else None
-    key = _one(params, b"key")
+    key = get(b"key")
     if key is not None and len(key) > _MAX_KEY_LEN:
         raise RequestError("invalid key")
     assert uploaded is not None and downloaded is not None
