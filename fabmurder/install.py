@@ -211,7 +211,7 @@ def install_host(conn: Connection, s: Settings, wheels: WheelSet) -> str:
     _checked(
         conn,
         f"(test -x {venv_py} || {make_venv})"
-        f" && {venv_py} -m pip --isolated --disable-pip-version-check install --quiet"
+        f" && {venv_py} -m pip --isolated --disable-pip-version-check install --quiet --no-compile"
         f" --no-index --no-deps --force-reinstall --find-links {shlex.quote(wheel_dir)} {names}"
         f" && {venv_py} -m fabmurder --help >/dev/null",
         "installing the agent",
