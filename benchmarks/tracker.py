@@ -302,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             "kernel": platform.release(),
             "tracker_pinned_to_cpu": tracker_cpu,
             "client_pinned_to_cpu": client_cpu,
+            # other work on the machine skews the figures; this says how much
+            "load_average_1min_after": round(os.getloadavg()[0], 2),
         },
         "parameters": {
             "peers": args.peers,
@@ -343,7 +345,8 @@ def _print_table(results: dict[str, Any]) -> None:
     p = results["parameters"]
     mem = results["memory"]
     print(
-        f"tracker benchmark: {p['peers']} peers in {p['racks']} racks, numwant {p['numwant']}, "
+        f"tracker benchmark (load average {results['machine']['load_average_1min_after']}): "
+        f"{p['peers']} peers in {p['racks']} racks, numwant {p['numwant']}, "
         f"{p['connections']} connections, {p['duration_s']:g} s per run"
     )
     empty_kib, full_kib = mem["rss_empty_bytes"] // 1024, mem["rss_full_bytes"] // 1024

@@ -346,3 +346,15 @@ def test_allow_list_rereads_a_changed_file_at_once_for_a_new_hash(tmp_path: Path
     path.unlink()
     clock[0] = 10.0
     assert bytes.fromhex("bb" * 20) not in allow
+
+
+def test_ipv6_peers_go_in_peers6_and_ipv4_peers_in_peers() -> None:
+    from fabmurder.tracker.server import Tracker, TrackerConfig
+
+    tracker = Tracker(TrackerConfig())
+    for n, ip in ((1, "10.0.0.1"), (2, "fd00::2")):
+        tracker.route(announce_target(HASH, pid(n), 6000 + n, 0).encode(), ip)
+    _, _, body = tracker.route(announce_target(HASH, pid(3), 6003, 5).encode(), "10.0.0.3")
+    reply = bencodepy.decode(body)
+    assert compact_peers(reply[b"peers"]) == [("10.0.0.1", 6001)]
+    assert reply[b"peers6"] == compact_peer("fd00::2", 6002)
