@@ -21,9 +21,7 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +30,7 @@ from typing import Any
 import paramiko
 from fabric import Config, Connection, ThreadingGroup
 
-from fabmurder.testing import hostinit, net, sshd
+from fabmurder.testing import net, sshd
 from fabmurder.testing.proc import (
     FleetError,
     is_alive,
@@ -44,7 +42,6 @@ from fabmurder.testing.proc import (
 
 STATE_FILE = "fleet.json"
 PRIVATE_DIRS = ("/srv", "/tmp")
-START_TIMEOUT = 15.0
 
 
 @dataclass(frozen=True)
@@ -209,7 +206,7 @@ class Fleet:
         h = self.host(host)
         if signal_if_ours(h.pid, h.pid_starttime, signal.SIGUSR1):
             wait_until(
-                lambda: self._init_state(h)["sshd_pid"] is None, START_TIMEOUT, "sshd to stop"
+                lambda: self._init_state(h)["sshd_pid"] is None, sshd.START_TIMEOUT, "sshd to stop"
             )
         return self._replace(h, sshd_pid=None)
 
@@ -221,7 +218,7 @@ class Fleet:
             return self._replace(h, sshd_pid=before["sshd_pid"])
         if not signal_if_ours(h.pid, h.pid_starttime, signal.SIGUSR2):
             raise FleetError(f"host {h.name} of fleet {self.name!r} is not running")
-        state = _wait_init(self.state_dir / h.name, before["generation"] + 1)
+        state = sshd.wait_init(self.state_dir / h.name, before["generation"] + 1)
         return self._replace(h, sshd_pid=state["sshd_pid"])
 
     def set_link(self, host: Host | str | int, up: bool) -> None:
@@ -248,34 +245,6 @@ def load(name: str = "fm") -> Fleet:
     for key in ("state_dir", "key_path", "known_hosts_path"):
         record[key] = Path(record[key])
     return Fleet(hosts=hosts, **record)
-
-
-def _wait_init(host_dir: Path, generation: int) -> dict[str, Any]:
-    """Wait until a host's init reports sshd generation *generation* answering; return it."""
-    path = host_dir / "init.json"
-    state: dict[str, Any] = {}
-
-    def ready() -> bool:
-        nonlocal state
-        try:
-            state = json.loads(path.read_text())
-        except FileNotFoundError:
-            return False
-        if state.get("error"):
-            log = (host_dir / "sshd.log").read_text() if (host_dir / "sshd.log").exists() else ""
-            raise FleetError(f"host {host_dir.name}: {state['error']}\n{log[-2000:]}")
-        return bool(state.get("generation") == generation and state.get("sshd_pid"))
-
-    wait_until(ready, START_TIMEOUT, f"sshd of {host_dir.name}")
-    return state
-
-
-def _answers_ssh(address: str, port: int) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=2) as s:
-            return s.recv(4).startswith(b"SSH-")
-    except OSError:
-        return False
 
 
 def up(
@@ -347,25 +316,13 @@ def _build(
         host_name = names[link.index - 1]
         host_dir = root / host_name
         config = sshd.write_config(host_dir, host_name, port, authorized)
-        argv = [
-            "setsid", "-f", "ip", "netns", "exec", link.netns,
-            "unshare", "--mount", "--uts", "--propagation", "private", "--",
-            sys.executable, "-I", "-S", hostinit.__file__,
-            "--state", str(host_dir / "init.json"), "--hostname", host_name,
-            "--port", str(port), "--log", str(host_dir / "sshd.log"),
-            *[arg for d in private_dirs for arg in ("--tmpfs", f"{d}:{_mode(d)}")],
-            "--", *sshd.sshd_argv(config, host_dir / "sshd.log"),
-        ]  # fmt: skip
-        # The init outlives this call: it must not hold our pipes open, so it logs to a file.
-        with open(host_dir / "init.log", "ab") as log:
-            subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, check=True)
-        state = _wait_init(host_dir, 1)
-        pid = int(state["pid"])
-        started = starttime(pid)
-        if started is None:
-            raise FleetError(f"host {host_name} exited right after starting")
+        pid, started, sshd_pid = sshd.boot(
+            link.netns, host_name, host_dir, config, port, private_dirs
+        )
         wait_until(
-            lambda: _answers_ssh(link.address, port), START_TIMEOUT, f"{host_name} on the bridge"
+            lambda: sshd.answers(link.address, port),
+            sshd.START_TIMEOUT,
+            f"{host_name} on the bridge",
         )
         return Host(
             name=host_name,
@@ -377,7 +334,7 @@ def _build(
             veth=link.veth,
             pid=pid,
             pid_starttime=started,
-            sshd_pid=state["sshd_pid"],
+            sshd_pid=sshd_pid,
         )
 
     hosts = net.parallel(start, links)
@@ -404,10 +361,6 @@ def _build(
     fleet.save()
     fleet.write_fabric_yaml(root / "fabric.yaml")
     return fleet
-
-
-def _mode(path: str) -> str:
-    return "1777" if path.rstrip("/") == "/tmp" else "0755"
 
 
 def down(name: str = "fm") -> None:

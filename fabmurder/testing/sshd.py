@@ -1,4 +1,4 @@
-"""Keys and sshd configuration of the fleet's hosts.
+"""Keys, sshd configuration and start-up of the fleet's hosts.
 
 Everything lives under the fleet's state directory in ``/run`` (not under a
 world-writable ``/tmp``: sshd's ``StrictModes`` refuses an authorized-keys
@@ -8,12 +8,20 @@ fleet, logs in as root on every host, and nothing else does.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from fabmurder.testing.proc import run
+from fabmurder.testing import hostinit
+from fabmurder.testing.proc import FleetError, run, starttime, wait_until
 
 SSHD = "/usr/sbin/sshd"
+START_TIMEOUT = 15.0
 
 CONFIG = """\
 # Written by fabmurder.testing.fleet for host {name}
@@ -68,3 +76,64 @@ def write_config(host_dir: Path, name: str, port: int, authorized_keys: Path) ->
 def sshd_argv(config: Path, log: Path) -> list[str]:
     """Return the foreground sshd command line for *config*, logging to *log*."""
     return [SSHD, "-D", "-f", str(config), "-E", str(log)]
+
+
+def wait_init(host_dir: Path, generation: int) -> dict[str, Any]:
+    """Wait until a host's init reports sshd generation *generation* answering; return it."""
+    path = host_dir / "init.json"
+    state: dict[str, Any] = {}
+
+    def ready() -> bool:
+        nonlocal state
+        try:
+            state = json.loads(path.read_text())
+        except FileNotFoundError:
+            return False
+        if state.get("error"):
+            log = (host_dir / "sshd.log").read_text() if (host_dir / "sshd.log").exists() else ""
+            raise FleetError(f"host {host_dir.name}: {state['error']}\n{log[-2000:]}")
+        return bool(state.get("generation") == generation and state.get("sshd_pid"))
+
+    wait_until(ready, START_TIMEOUT, f"sshd of {host_dir.name}")
+    return state
+
+
+def answers(address: str, port: int) -> bool:
+    """Tell whether an SSH server greets us at *address*:*port*."""
+    try:
+        with socket.create_connection((address, port), timeout=2) as s:
+            return s.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def boot(
+    netns: str, name: str, host_dir: Path, config: Path, port: int, private_dirs: Sequence[str]
+) -> tuple[int, int, int]:
+    """Start one host's init (and so its sshd) in *netns*; return its PID, start time, sshd PID.
+
+    The init runs in fresh mount and UTS namespaces, detached from us (``setsid -f``),
+    so the host outlives the process that brought it up.
+    """
+    argv = [
+        "setsid", "-f", "ip", "netns", "exec", netns,
+        "unshare", "--mount", "--uts", "--propagation", "private", "--",
+        sys.executable, "-I", "-S", hostinit.__file__,
+        "--state", str(host_dir / "init.json"), "--hostname", name,
+        "--port", str(port), "--log", str(host_dir / "sshd.log"),
+        *[arg for d in private_dirs for arg in ("--tmpfs", f"{d}:{_mode(d)}")],
+        "--", *sshd_argv(config, host_dir / "sshd.log"),
+    ]  # fmt: skip
+    # The init outlives this call: it must not hold our pipes open, so it logs to a file.
+    with open(host_dir / "init.log", "ab") as log:
+        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, check=True)
+    state = wait_init(host_dir, 1)
+    pid = int(state["pid"])
+    started = starttime(pid)
+    if started is None:
+        raise FleetError(f"host {name} exited right after starting")
+    return pid, started, int(state["sshd_pid"])
+
+
+def _mode(path: str) -> str:
+    return "1777" if path.rstrip("/") == "/tmp" else "0755"
