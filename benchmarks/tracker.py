@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     parser.add_argument("--connections", type=int, default=32, help="announces in flight")
     parser.add_argument(
-        "--pipeline", type=int, default=1, help="requests in flight per keep-alive connection"
+        "--pipeline", type=int, default=4, help="requests in flight per keep-alive connection"
     )
     parser.add_argument("--out", default="docs/tracker-bench.json")
     args = parser.parse_args(argv)
