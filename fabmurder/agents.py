@@ -75,8 +75,19 @@ def start_tracker_daemon(run: Run) -> str:
 
 
 def register(run: Run, info_hash: str, add: bool = True) -> None:
+    """Allow (or, with ``add=False``, disallow) a torrent on the tracker.
+
+    fabmurder's own tracker gets it in its allow-list file. An external
+    tracker (``tracker_url``) gets ``tracker_register``, a shell command run
+    on the ``tracker`` host with ``{info_hash}`` replaced, when one is set.
+    """
     s = run.s
-    if s.tracker_url or not s.tracker:
+    if s.tracker_url:
+        if add and s.tracker and s.tracker_register:
+            command = s.tracker_register.replace("{info_hash}", quote(info_hash))
+            shell(run.conn(s.tracker), command, "registering the torrent with the tracker")
+        return
+    if not s.tracker:
         return
     flag = "--add" if add else "--remove"
     run_agent(run.conn(s.tracker), s, "allow", "--file", s.tmp("tracker.allow"), flag, info_hash)

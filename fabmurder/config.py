@@ -15,6 +15,10 @@ Keys (all under ``murder``):
     listen ports on the hosts.
 ``tracker_url``
     an external tracker's announce URL; when set, no tracker is started.
+``tracker_register``
+    with an external tracker: a shell command run on the ``tracker`` host to
+    register each torrent, ``{info_hash}`` replaced by its hex info-hash
+    (e.g. append it to opentracker's whitelist and send it SIGHUP).
 ``tracker_token``
     secret path element of the announce URL; when unset, one is made per
     tracker and kept in ``temp_path/tracker.token`` on the tracker host.
@@ -64,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "peer_port": 6881,
     "tracker_url": None,
     "tracker_token": None,
+    "tracker_register": None,
     "remote_path": "/opt/fabmurder",
     "temp_path": "/tmp/fabmurder",
     "files_path": None,
@@ -111,6 +116,7 @@ class Settings:
     peer_port: int
     tracker_url: str | None
     tracker_token: str | None
+    tracker_register: str | None
     remote_path: str
     temp_path: str
     files_path: str | None
@@ -316,7 +322,7 @@ def settings(c: Any, **overrides: Any) -> Settings:
                 f"murder.{key} must be an absolute path other than '/', got {merged[key]!r}",
                 key=key,
             )
-    for key in ("tracker_url", "tracker_token", "local_path", "wheel_dir"):
+    for key in ("tracker_url", "tracker_token", "tracker_register", "local_path", "wheel_dir"):
         values[key] = str(merged[key]) if merged[key] not in (None, "") else None
     token = values["tracker_token"]
     if token is not None and not all(ch.isalnum() or ch in "-_" for ch in token):

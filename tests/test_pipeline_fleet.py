@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +19,8 @@ from typing import Any
 import pytest
 from invoke import Context
 
-from fabmurder import pipeline
+from fabmurder import install, pipeline
+from fabmurder.config import settings
 from fabmurder.errors import ConfigError, DeployError
 from fabmurder.report import Event
 from fabmurder.testing.fleet import Fleet
@@ -27,7 +29,7 @@ AGENT = "/srv/fabmurder/agent"
 TEMP = "/srv/fabmurder/tmp"
 DEST = "/srv/releases"
 # Quotes, spaces and a $ in the seeder's path prove the quoting end to end.
-SRC = "/srv/build dir/it's \"the\" $build"
+SRC = '/srv/build dir/it\'s "the" $build'
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 MAKE_TREE = r"""
@@ -64,10 +66,20 @@ print(json.dumps(out, sort_keys=True))
 
 
 @pytest.fixture(scope="session")
-def murder(fleet: Fleet) -> dict[str, Any]:
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Build the agent's wheels once, so that edits to the tree mid-session change nothing."""
+    out = tmp_path_factory.mktemp("wheels")
+    for path in install.wheel_set(settings(Context())).paths:
+        shutil.copy(path, out / path.name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def murder(fleet: Fleet, wheels: Path) -> dict[str, Any]:
     """Return the ``murder`` config of the fleet: roles and paths under /srv."""
     hosts = [h.host_string for h in fleet.hosts]
     return {
+        "wheel_dir": str(wheels),
         "tracker": hosts[0],
         "seeder": hosts[0],
         "peers": hosts[1:9],
@@ -208,6 +220,38 @@ def test_a_peer_that_is_down_fails_the_run_by_name_and_the_others_still_get_it(
     for host in fleet.hosts[1:8]:
         assert manifest(fleet, host, f"{DEST}/r3") == release
     assert fleet.run_in(down, ["ls", "-A", DEST]).stdout.split() == ["LIVE", "r1", "r2"]
+
+
+OPENTRACKER = (
+    "mkdir -p /srv/ot && : > /srv/ot/whitelist && cd /srv/ot && "
+    '(setsid opentracker -i "$1" -p 6969 -P 6969 -w whitelist -d /srv/ot '
+    "</dev/null >/srv/ot/log 2>&1 & echo $! > /srv/ot/pid)"
+)
+
+
+def test_an_external_opentracker_is_used_and_given_each_info_hash(
+    fleet: Fleet, murder: dict[str, Any], release: dict[str, Any]
+) -> None:
+    tracker = fleet.hosts[0]
+    fleet.run_in(tracker, ["sh", "-c", OPENTRACKER, "opentracker", tracker.address])
+    external = {
+        **murder,
+        "tracker_url": f"http://{tracker.address}:6969/announce",
+        # Debian's opentracker is whitelist-only: register each torrent, then reload it.
+        "tracker_register": (
+            "printf '%s\\n' {info_hash} >> /srv/ot/whitelist && kill -HUP $(cat /srv/ot/pid)"
+        ),
+    }
+    try:
+        report = pipeline.distribute_files(context(fleet, external), tag="r5")
+        whitelist = fleet.run_in(tracker, ["cat", "/srv/ot/whitelist"]).stdout.split()
+    finally:
+        fleet.run_in(tracker, ["sh", "-c", "kill $(cat /srv/ot/pid)"], check=False)
+    assert report.failures == {}
+    assert whitelist == [report.info_hash]
+    # peers found each other, which only the tracker could have told them
+    assert sum(r.from_peers for r in report.hosts.values()) > 0
+    assert manifest(fleet, fleet.hosts[2], f"{DEST}/r5") == release
 
 
 def test_stop_tasks_leave_no_fabmurder_process_on_any_host(
