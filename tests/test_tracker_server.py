@@ -285,6 +285,9 @@ def test_refuses_bad_command_lines_with_exit_2(tmp_path: Path) -> None:
 
     assert main(["--bind", "127.0.0.1", "--port", "70000"]) == 2
     assert main(["--bind", "127.0.0.1", "--port", "0", "--interval", "0"]) == 2
+    assert main(["--bind", "127.0.0.1", "--port", "0", "--header-timeout", "0"]) == 2
+    assert main(["--bind", "127.0.0.1", "--port", "0", "--numwant-cap", "0"]) == 2
+    assert main(["--bind", "127.0.0.1", "--port", "0", "--token", "a/b"]) == 2
     bad = tmp_path / "racks"
     bad.write_text("not-a-subnet a\n")
     assert main(["--bind", "127.0.0.1", "--port", "0", "--racks", str(bad)]) == 2

@@ -444,6 +444,10 @@ def config_from_args(args: argparse.Namespace) -> TrackerConfig:
     if args.interval < 1:
         raise ConfigError("--interval must be at least 1 second", key="interval")
     min_interval = args.min_interval if args.min_interval is not None else args.interval // 2
+    if not (args.header_timeout > 0 and args.idle_timeout > 0):
+        raise ConfigError("--header-timeout and --idle-timeout must be positive", key="timeout")
+    if args.min_interval is not None and args.min_interval < 1:
+        raise ConfigError("--min-interval must be at least 1 second", key="min_interval")
     for name in ("numwant_cap", "max_swarms", "max_peers_per_swarm", "max_connections"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive", key=name)
