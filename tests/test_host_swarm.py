@@ -329,3 +329,84 @@ def test_a_peer_refuses_at_once_when_the_release_is_already_installed(
     assert "already exists" in peer.status()["error"]
     assert peer.status()["done"] == 0
     assert os.listdir(existing) == ["old"]
+
+
+def test_a_peer_stopped_before_installing_exits_1_and_says_so(
+    tmp_path: Path, tracker: Tracker, nodes: list[Node]
+) -> None:
+    release = create_release(tmp_path, tracker)
+    peer = start_peer(nodes, tmp_path, release, None)
+    wait_for(lambda: state_of(peer.status_file) == "downloading", 20, "the peer to start")
+    peer.proc.send_signal(signal.SIGTERM)
+    assert peer.wait(15) == 1
+    status = peer.status()
+    assert status["state"] == "stopped" and status["installed"] is False
+    assert status["error"] == "stopped before the release was installed"
+    assert not peer.dest.exists() or os.listdir(peer.dest) == []
+
+
+@pytest.fixture
+def corrupt_seeder(tmp_path: Path) -> Iterator[Callable[[Release], str]]:
+    """A hostile node: seeds the right torrent, then has its bytes tampered with underneath.
+
+    libtorrent hashes pieces before it first serves them (even in seed
+    mode), so the data is corrupted on disk only after the check passed:
+    the node then really sends bad pieces, as a faulty disk or a liar would.
+    """
+    sessions: list[Any] = []
+
+    def start(release: Release) -> str:
+        import libtorrent as lt
+
+        from fabmurder.host import profile
+
+        evil = tmp_path / "evil"
+        evil.mkdir()
+        tarball = evil / f"{release.tag}.tar"
+        tarball.write_bytes((release.seed_dir / f"{release.tag}.tar").read_bytes())
+        addr = next_address()
+        ses = lt.session(profile.settings(addr, free_port(addr)))
+        ses.set_peer_class_filter(profile.peer_class_filter())
+        params = lt.add_torrent_params()
+        params.ti = lt.torrent_info(release.torrent.read_bytes())
+        params.save_path = str(evil)
+        params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+        handle = ses.add_torrent(params)
+        sessions.append(ses)
+        wait_for(lambda: handle.status().is_seeding, 20, "the hostile node to pass its check")
+        with open(tarball, "r+b") as fh:
+            data = bytearray(fh.read())
+            for at in range(0, len(data), 4096):
+                data[at] ^= 0xFF
+            fh.seek(0)
+            fh.write(bytes(data))
+        return addr
+
+    yield start
+    sessions.clear()
+
+
+def test_pieces_from_a_corrupt_peer_fail_their_hash_and_the_release_still_installs(
+    tmp_path: Path, tracker: Tracker, nodes: list[Node], corrupt_seeder: Callable[[Release], str]
+) -> None:
+    release = create_release(tmp_path, tracker)
+    rate = 1_000_000
+    seed = start_seed(nodes, tmp_path, release, "--upload-rate-limit", str(rate))
+    seeding(seed)
+    corrupt_seeder(release)
+    stats_url = tracker.url.replace("announce", "stats")
+
+    def two_seeders() -> bool:
+        stats = json.loads(fab("stats", "--url", stats_url).stdout)
+        return bool(stats["swarms"].get(release.info_hash, {}).get("seeders", 0) >= 2)
+
+    wait_for(two_seeders, 20, "the corrupt node to announce")
+    peer = start_peer(nodes, tmp_path, release, seed, seed_after="0")
+    assert peer.wait(60) == 0, peer.output()
+    status = peer.status()
+    assert tree_signature(peer.dest / release.tag) == tree_signature(release.src)
+    assert status["hash_failures"] >= 1
+    assert status["from_peers"] > 0  # the corrupt node really did send data
+    # Every good byte came from the rate-limited seeder: the limit held on loopback too.
+    assert status["from_seeder"] >= release.size
+    assert status["downloaded_at"] - status["started_at"] >= 0.7 * release.size / rate

@@ -48,8 +48,8 @@ def update(path: str, add: str | None = None, remove: str | None = None) -> dict
 
     :raises ConfigError: if an info-hash is not 40 hex digits.
     """
-    add = validate_info_hash(add) if add else None
-    remove = validate_info_hash(remove) if remove else None
+    add = validate_info_hash(add) if add is not None else None
+    remove = validate_info_hash(remove) if remove is not None else None
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     # A lock beside the file serialises concurrent edits; the rename keeps readers safe.

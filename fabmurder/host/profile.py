@@ -58,6 +58,8 @@ DATACENTER: dict[str, Any] = {
     "dont_count_slow_torrents": False,
     "close_redundant_connections": False,
     "send_buffer_watermark": 1024 * 1024,
+    # Room for block alerts between two waits of the agent's loop.
+    "alert_queue_size": 20000,
     # --allow is about peers; the tracker is the pipeline's own and must stay reachable.
     "apply_ip_filter_to_trackers": False,
     # SSRF mitigation refuses a loopback tracker's /scrape (only /announce
@@ -73,6 +75,9 @@ ALERT_CATEGORIES = (
     "storage_notification",
     "tracker_notification",
     "performance_warning",
+    # block and piece alerts: how the agent tells seeder bytes from peer bytes
+    "block_progress_notification",
+    "piece_progress_notification",
 )
 
 
@@ -179,4 +184,23 @@ def ip_filter(allowed: list[str]) -> Any:
     filt.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 1)
     for net in networks(allowed):
         filt.add_rule(str(net.network_address), str(net.broadcast_address), 0)
+    return filt
+
+
+def peer_class_filter() -> Any:
+    """Put every address, private or public, in libtorrent's ``global`` peer class.
+
+    By default private ranges (and loopback) fall in the ``local`` class,
+    which ignores rate limits, while public ones fall in ``global``. A fleet
+    on private addresses would then ignore ``--upload-rate-limit``, and the
+    same deploy would behave differently on public ones; one class for all
+    makes limits apply everywhere (with ``unchoke_slots_limit`` -1, the
+    class costs nothing when no limit is set).
+    """
+    import libtorrent as lt
+
+    everyone = 1 << int(lt.session.global_peer_class_id)
+    filt = lt.ip_filter()
+    filt.add_rule("0.0.0.0", "255.255.255.255", everyone)
+    filt.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", everyone)
     return filt

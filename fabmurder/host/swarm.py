@@ -18,7 +18,7 @@ import os
 import signal
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fabmurder.errors import ArtifactError, MurderError
@@ -47,6 +47,8 @@ SCRAPE_INTERVAL = 1.0
 NO_LEECHER_HOLD = 1.5
 #: how long a listen socket may take to open
 LISTEN_TIMEOUT = 10.0
+#: how long libtorrent may take to write out a finished download
+FLUSH_TIMEOUT = 60.0
 
 STATUS_FIELDS: dict[str, type | tuple[type, ...]] = {
     "role": str,
@@ -113,39 +115,56 @@ def read_status(path: str) -> dict[str, Any]:
         raise StatusError(f"cannot read status file {path}: {exc.strerror}") from exc
 
 
+#: libtorrent's request unit: every block is 16 KiB except a piece's last one
+BLOCK_SIZE = 16 * 1024
+
+
 @dataclass
 class Transfer:
-    """Bytes received per remote endpoint, kept after connections close."""
+    """Payload bytes received, split between the seeder and everyone else.
+
+    Counted per piece from alerts rather than sampled from
+    ``get_peer_info()``: a connection that opens, sends and closes between
+    two samples (a peer banned for bad data, a seed dropped when we
+    complete) would otherwise be lost. libtorrent 2.1 does not post a
+    ``block_finished_alert`` for every block (whole pieces go missing), so a
+    block is credited to the peer that sent it when that alert came, and
+    otherwise to the peer it was last requested from, once its piece passes
+    or fails its hash check.
+    """
 
     seeder: str | None
-    last: dict[tuple[str, int], int] = field(default_factory=dict)
-    banked_seeder: int = 0
-    banked_peers: int = 0
+    from_seeder: int = 0
+    from_peers: int = 0
 
-    def update(self, peers: list[Any]) -> None:
-        """Fold ``handle.get_peer_info()`` into the per-endpoint totals."""
-        for peer in peers:
-            ip, port = peer.ip[0], int(peer.ip[1])
-            key = (ip, port)
-            now = int(peer.total_download)
-            before = self.last.get(key, 0)
-            if now < before:
-                # A new connection on the same endpoint: keep what the old one brought.
-                if ip == self.seeder:
-                    self.banked_seeder += before
-                else:
-                    self.banked_peers += before
-            self.last[key] = now
+    def __post_init__(self) -> None:
+        self.requested: dict[tuple[int, int], str] = {}
+        self.received: dict[tuple[int, int], str] = {}
+
+    def block_requested(self, piece: int, block: int, ip: str) -> None:
+        """Note that ``block`` of ``piece`` was asked of ``ip``."""
+        self.requested[(piece, block)] = ip
+
+    def block_received(self, piece: int, block: int, ip: str) -> None:
+        """Note that ``block`` of ``piece`` arrived from ``ip``."""
+        self.received[(piece, block)] = ip
+
+    def piece_checked(self, piece: int, block_sizes: list[int]) -> None:
+        """Credit every block of ``piece`` (passed or failed) to whoever sent it."""
+        for block, nbytes in enumerate(block_sizes):
+            key = (piece, block)
+            ip = self.received.pop(key, None) or self.requested.get(key)
+            self.requested.pop(key, None)
+            if ip is None:
+                continue
+            if ip == self.seeder:
+                self.from_seeder += nbytes
+            else:
+                self.from_peers += nbytes
 
     def totals(self) -> tuple[int, int]:
         """Return ``(from_seeder, from_peers)`` in bytes."""
-        seeder, peers = self.banked_seeder, self.banked_peers
-        for (ip, _port), value in self.last.items():
-            if ip == self.seeder:
-                seeder += value
-            else:
-                peers += value
-        return seeder, peers
+        return self.from_seeder, self.from_peers
 
 
 class _Stop:
@@ -238,6 +257,7 @@ class Agent:
             profile.rate_limits(args.upload_rate_limit, getattr(args, "download_rate_limit", 0))
         )
         self.ses = lt.session(pack)  # type: ignore[call-overload]
+        self.ses.set_peer_class_filter(profile.peer_class_filter())
         if args.allow:
             self.ses.set_ip_filter(profile.ip_filter(args.allow))
         self._wait_listening()
@@ -264,37 +284,69 @@ class Agent:
                     )
         raise MurderError(f"libtorrent did not listen on {self.args.bind}:{self.args.port} in time")
 
-    def pump(self) -> None:
-        """Wait briefly for alerts, handle them and refresh the status."""
+    def pump(self, strict: bool = True) -> list[Any]:
+        """Wait briefly for alerts, handle them, refresh the status and return them.
+
+        Every alert passes through here, so no block or hash failure is missed
+        while the agent waits for something in particular.
+
+        :param strict: raise on a disk or torrent error (off while closing).
+        """
         import libtorrent as lt
 
         self.ses.wait_for_alert(ALERT_WAIT_MS)
-        for alert in self.ses.pop_alerts():
-            if isinstance(alert, lt.hash_failed_alert):
+        alerts = self.ses.pop_alerts()
+        for alert in alerts:
+            if isinstance(alert, lt.block_downloading_alert):
+                self.transfer.block_requested(alert.piece_index, alert.block_index, alert.ip[0])
+            elif isinstance(alert, lt.block_finished_alert):
+                self.transfer.block_received(alert.piece_index, alert.block_index, alert.ip[0])
+            elif isinstance(alert, lt.piece_finished_alert):
+                self.transfer.piece_checked(alert.piece_index, self.block_sizes(alert.piece_index))
+            elif isinstance(alert, lt.hash_failed_alert):
                 self.status["hash_failures"] += 1
+                self.transfer.piece_checked(alert.piece_index, self.block_sizes(alert.piece_index))
             elif isinstance(alert, lt.file_error_alert | lt.torrent_error_alert):
-                raise MurderError(f"disk or torrent error: {alert.message()}")
+                if strict:
+                    raise MurderError(f"disk or torrent error: {alert.message()}")
             elif isinstance(alert, lt.scrape_reply_alert):
                 self.scrape = (int(alert.incomplete), time.monotonic())
             elif isinstance(alert, lt.tracker_error_alert | lt.scrape_failed_alert):
                 print(f"tracker: {alert.message()}", flush=True)
         self.refresh()
+        return alerts
+
+    def wait_alert(self, kinds: tuple[type, ...], timeout: float, strict: bool = True) -> Any:
+        """Pump alerts until one of ``kinds`` arrives; return it, or None after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for alert in self.pump(strict):
+                if isinstance(alert, kinds):
+                    return alert
+        return None
 
     def refresh(self) -> None:
         """Copy byte counters from libtorrent into the status, and write it if due."""
         if time.monotonic() - self.written_at < STATUS_INTERVAL:
             return
-        st = self.handle.status()
-        self.transfer.update(self.handle.get_peer_info())
         seeder, peers = self.transfer.totals()
-        self.status.update(
-            done=int(st.total_wanted_done),
-            uploaded=int(st.all_time_upload),
-            from_seeder=seeder,
-            from_peers=peers,
-            peers=int(st.num_peers),
-        )
+        self.status.update(from_seeder=seeder, from_peers=peers)
+        # After remove_torrent (while closing) the handle no longer answers.
+        if self.handle is not None and self.handle.is_valid():
+            st = self.handle.status()
+            self.status.update(
+                done=int(st.total_wanted_done),
+                uploaded=int(st.all_time_upload),
+                peers=int(st.num_peers),
+            )
         self.write_status()
+
+    def block_sizes(self, piece: int) -> list[int]:
+        """Return the sizes of the 16 KiB blocks of ``piece`` (the last may be short)."""
+        length = self.meta.piece_size
+        if piece == self.meta.num_pieces - 1:
+            length = self.meta.size - length * (self.meta.num_pieces - 1)
+        return [min(BLOCK_SIZE, length - start) for start in range(0, length, BLOCK_SIZE)]
 
     def checking(self) -> bool:
         """Return True while libtorrent still checks the data on disk."""
@@ -319,14 +371,10 @@ class Agent:
             return
         import libtorrent as lt
 
-        self.refresh_now()
         if self.handle is not None:
             self.ses.remove_torrent(self.handle)
-            deadline = time.monotonic() + 3.0
-            while time.monotonic() < deadline:
-                self.ses.wait_for_alert(ALERT_WAIT_MS)
-                if any(isinstance(a, lt.torrent_removed_alert) for a in self.ses.pop_alerts()):
-                    break
+            self.wait_alert((lt.torrent_removed_alert,), 3.0, strict=False)
+            self.refresh_now()
         # Deleting the session waits (up to stop_tracker_timeout) for the stopped announce.
         self.ses = None
         self.handle = None
@@ -406,15 +454,23 @@ def _check_deadline(agent: Agent, deadline: float) -> None:
 
 
 def _flush(agent: Agent) -> None:
-    """Ask libtorrent to write out its cache so the tarball on disk is complete."""
+    """Wait until libtorrent has written every verified block to the tarball on disk.
+
+    A piece passes its hash check from memory, and its blocks may still be
+    queued for writing. Saving resume data with ``flush_disk_cache`` answers
+    only once those writes are done, and its alert answers this request
+    alone (a ``cache_flushed_alert`` may be left over from an earlier flush).
+
+    :raises MurderError: if libtorrent does not confirm the flush in time.
+    """
     import libtorrent as lt
 
-    agent.handle.flush_cache()
-    deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline:
-        agent.ses.wait_for_alert(ALERT_WAIT_MS)
-        if any(isinstance(a, lt.cache_flushed_alert) for a in agent.ses.pop_alerts()):
-            return
+    agent.handle.save_resume_data(lt.torrent_handle.flush_disk_cache)
+    kinds = (lt.save_resume_data_alert, lt.save_resume_data_failed_alert)
+    alert = agent.wait_alert(kinds, FLUSH_TIMEOUT)
+    if alert is None or isinstance(alert, lt.save_resume_data_failed_alert):
+        why = alert.message() if alert is not None else f"no answer in {FLUSH_TIMEOUT:g}s"
+        raise MurderError(f"could not flush the download to disk: {why}")
 
 
 def _linger(agent: Agent, seed_after: float) -> None:
