@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -303,3 +305,20 @@ def test_a_port_in_use_exits_1() -> None:
         from fabmurder.tracker.server import main
 
         assert main(["--bind", "127.0.0.1", "--port", str(port)]) == 1
+
+
+def test_a_release_registered_with_the_allow_command_is_served_at_once(tmp_path: Path) -> None:
+    allow = tmp_path / "tracker.allow"
+    tracker = TrackerProcess.start(["--allow-file", str(allow)])
+    try:
+        h = fresh_hash()
+        assert b"failure reason" in announce(tracker, h, 1, 5)
+        subprocess.run(
+            [sys.executable, "-m", "fabmurder", "allow", "--file", str(allow), "--add", h.hex()],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        assert b"peers" in announce(tracker, h, 1, 5)
+    finally:
+        assert tracker.stop() == 0
