@@ -173,7 +173,11 @@ class Fleet:
         timeout: float = 60,
         input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run *argv* inside *host*'s namespaces (not over SSH) and return its outcome."""
+        """Run *argv* inside *host*'s namespaces (not over SSH) and return its outcome.
+
+        The host sees its own private dirs: a program under this machine's
+        ``/tmp`` (a clone, a venv) is not there. Use ``/usr/bin/python3``.
+        """
         return subprocess.run(
             [*self._enter(host), *argv],
             input=input,
