@@ -53,6 +53,13 @@ def lint(c: Context) -> None:
         raise Exit(f"lint failed: {', '.join(failed)}", code=1)
 
 
+@task(help={"out": "output directory (default docs/_build/html)"})
+def docs(c: Context, out: str = "docs/_build/html") -> None:
+    """Build the Sphinx docs with warnings as errors."""
+    with c.cd(str(ROOT)):
+        c.run(f"{PYTHON} -m sphinx -W --keep-going -b html docs {shlex.quote(out)}", pty=False)
+
+
 @task(
     help={
         "hosts": "number of hosts (default 8)",
@@ -132,4 +139,4 @@ fleet_ns.add_task(fleet_status, name="status")
 bench_ns = Collection("bench")
 bench_ns.add_task(bench_tracker)
 
-ns = Collection(test, lint, demo, fleet_ns, bench_ns)
+ns = Collection(test, lint, docs, demo, fleet_ns, bench_ns)
