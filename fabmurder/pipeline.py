@@ -469,7 +469,10 @@ def status(c: Any, *, on_event: EventCallback | None = None, **overrides: Any) -
                 entry["status"] = parse_json(value.stdout) or {}
             out[host] = entry
         tracker = s.tracker if not s.tracker_url else None
-        if tracker and "error" not in out.get(tracker, {"error": 1}):
+        daemons = out.get(tracker or "", {}).get("status", {}).get("daemons") or {}
+        if tracker and not (daemons.get("tracker") or {}).get("alive"):
+            out["tracker"] = {"running": False}
+        elif tracker:
             try:
                 out["tracker"] = _tracker_stats(run, tracker)
             except MurderError as exc:

@@ -22,6 +22,7 @@ import copy
 import functools
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -31,7 +32,7 @@ from invoke.collection import Collection
 from invoke.exceptions import Exit
 
 from fabmurder import pipeline
-from fabmurder.config import DEFAULTS
+from fabmurder.config import DEFAULTS, ConfigWarning
 from fabmurder.errors import DeployError, MurderError
 from fabmurder.progress import Renderer, table
 from fabmurder.report import DeployReport
@@ -64,6 +65,15 @@ def _reported(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(c: Any, *args: Any, **kwargs: Any) -> Any:
+        shown = warnings.showwarning
+
+        def show(message: Any, category: Any, *rest: Any, **kw: Any) -> None:
+            if issubclass(category, ConfigWarning):
+                print(f"murder: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                shown(message, category, *rest, **kw)
+
+        warnings.showwarning = show
         try:
             return fn(c, *args, **kwargs)
         except DeployError as exc:
@@ -73,6 +83,8 @@ def _reported(fn: F) -> F:
             raise Exit("\n".join(lines), code=1) from None
         except MurderError as exc:
             raise Exit(f"murder: {exc}", code=1) from None
+        finally:
+            warnings.showwarning = shown
 
     return wrapper  # type: ignore[return-value]
 
@@ -263,14 +275,36 @@ def status(c: Any, raw: bool = False) -> dict[str, Any]:
         return state
     for host, entry in state.items():
         if host == "tracker":
-            print(f"tracker stats: {json.dumps(entry, sort_keys=True)}")
+            swarms = entry.get("swarms")
+            summary = f"{len(swarms)} swarm(s)" if isinstance(swarms, dict) else entry
+            print(f"tracker: {summary}")
+            for info_hash, swarm in (swarms or {}).items():
+                print(f"  {info_hash}: {json.dumps(swarm, sort_keys=True)}")
             continue
-        roles = "+".join(entry["roles"])
-        if "error" in entry:
-            print(f"[{host}] {roles}: unreachable: {entry['error']}")
-        else:
-            print(f"[{host}] {roles}: {json.dumps(entry['status'], sort_keys=True)}")
+        print(f"[{host}] {'+'.join(entry['roles'])}: {_describe(entry)}")
     return state
+
+
+def _describe(entry: dict[str, Any]) -> str:
+    """Return one line about a host's status entry."""
+    if "error" in entry:
+        return f"unreachable: {entry['error']}"
+    status = entry.get("status") or {}
+    if status.get("agent") is False:
+        return "agent not installed"
+    daemons = [
+        f"{name} (pid {d.get('pid')})"
+        for name, d in sorted((status.get("daemons") or {}).items())
+        if isinstance(d, dict) and d.get("alive")
+    ]
+    releases = status.get("releases") or []
+    parts = [
+        f"running: {', '.join(daemons) or 'nothing'}",
+        f"releases: {', '.join(map(str, releases)) or 'none'}",
+    ]
+    if status.get("partials"):
+        parts.append(f"partial: {', '.join(map(str, status['partials']))}")
+    return "; ".join(parts)
 
 
 ns = Collection(
