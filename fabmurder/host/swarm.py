@@ -214,6 +214,9 @@ class Agent:
         self.written_at = 0.0
         self.ses: Any = None
         self.handle: Any = None
+        #: torrent_finished seen, and cache flushes confirmed after it (see _flush)
+        self.finished = False
+        self.flushes_after_finish = 0
         #: (leechers, when) from the last scrape reply not yet looked at
         self.scrape: tuple[int, float] | None = None
 
@@ -309,6 +312,10 @@ class Agent:
             elif isinstance(alert, lt.file_error_alert | lt.torrent_error_alert):
                 if strict:
                     raise MurderError(f"disk or torrent error: {alert.message()}")
+            elif isinstance(alert, lt.torrent_finished_alert):
+                self.finished = True
+            elif isinstance(alert, lt.cache_flushed_alert) and self.finished:
+                self.flushes_after_finish += 1
             elif isinstance(alert, lt.scrape_reply_alert):
                 self.scrape = (int(alert.incomplete), time.monotonic())
             elif isinstance(alert, lt.tracker_error_alert | lt.scrape_failed_alert):
@@ -433,7 +440,7 @@ def peer(agent: Agent) -> int:
     agent.set_state("verifying")
     _flush(agent)
     tarball = os.path.join(args.save_path, agent.meta.name)
-    artifact.verify(tarball, args.sha256)
+    _verify(agent, tarball)
     agent.set_state("extracting")
     artifact.extract(tarball, args.dest, args.tag, force=args.force)
     agent.status["installed"] = True
@@ -456,21 +463,37 @@ def _check_deadline(agent: Agent, deadline: float) -> None:
 def _flush(agent: Agent) -> None:
     """Wait until libtorrent has written every verified block to the tarball on disk.
 
-    A piece passes its hash check from memory, and its blocks may still be
-    queued for writing. Saving resume data with ``flush_disk_cache`` answers
-    only once those writes are done, and its alert answers this request
-    alone (a ``cache_flushed_alert`` may be left over from an earlier flush).
+    A piece passes its hash check from memory while its blocks may still be
+    queued for writing (libtorrent 2's store buffer), so "complete" does not
+    mean "on disk". ``flush_cache`` releases the files through a *fence* job
+    that runs only after every disk job queued before it, and answers with a
+    ``cache_flushed_alert``. Any such alert that follows ``torrent_finished``
+    (libtorrent releases the files itself when a download finishes) is late
+    enough; one from the start-up check is not, hence the counter.
 
     :raises MurderError: if libtorrent does not confirm the flush in time.
     """
-    import libtorrent as lt
+    before = agent.flushes_after_finish
+    agent.handle.flush_cache()
+    deadline = time.monotonic() + FLUSH_TIMEOUT
+    while agent.flushes_after_finish <= before:
+        if time.monotonic() >= deadline:
+            raise MurderError(f"libtorrent did not write the download out in {FLUSH_TIMEOUT:g}s")
+        agent.pump()
 
-    agent.handle.save_resume_data(lt.torrent_handle.flush_disk_cache)
-    kinds = (lt.save_resume_data_alert, lt.save_resume_data_failed_alert)
-    alert = agent.wait_alert(kinds, FLUSH_TIMEOUT)
-    if alert is None or isinstance(alert, lt.save_resume_data_failed_alert):
-        why = alert.message() if alert is not None else f"no answer in {FLUSH_TIMEOUT:g}s"
-        raise MurderError(f"could not flush the download to disk: {why}")
+
+def _verify(agent: Agent, tarball: str) -> None:
+    """Check the tarball's SHA-256, once more after another flush if it does not match.
+
+    The second look costs one more read only when something is wrong, and
+    tells a write still in flight apart from a genuinely different artifact.
+    """
+    try:
+        artifact.verify(tarball, agent.args.sha256)
+    except ArtifactError as first:
+        print(f"verification failed, flushing and checking again: {first}", flush=True)
+        _flush(agent)
+        artifact.verify(tarball, agent.args.sha256)
 
 
 def _linger(agent: Agent, seed_after: float) -> None:
