@@ -8,6 +8,7 @@ table only).
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Iterable
 from typing import IO, Any
@@ -57,6 +58,7 @@ class Renderer:
     def _progress(self, data: Any) -> None:
         total = int(data.get("bytes_total") or 0)
         if self.bar is None:
+            size = shutil.get_terminal_size()
             self.bar = tqdm(
                 total=total or None,
                 unit="B",
@@ -65,7 +67,9 @@ class Renderer:
                 disable=None,
                 file=self.out,
                 leave=True,
-                dynamic_ncols=True,
+                # a terminal that reports no size (0x0) would hide the bar
+                ncols=size.columns,
+                nrows=size.lines,
             )
         done, failed, peers = data.get("done", 0), data.get("failed", 0), data.get("total", 0)
         desc = f"{done}/{peers} peers" + (f", {failed} failed" if failed else "")
