@@ -257,3 +257,45 @@ def test_a_full_disk_fails_cleanly_with_nothing_half_written(
     with pytest.raises(ArtifactError, match="no space left"):
         artifact.extract(str(tmp_path / "r.tar"), str(tiny_disk), "v1")
     assert os.listdir(tiny_disk) == []
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def test_extraction_refuses_hostile_members_on_a_python_without_tarfile_filters(
+    tmp_path: Path,
+) -> None:
+    """Run the checks under Debian's own Python 3.11.2 (no ``tarfile.data_filter``)."""
+    probe = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import tarfile; print(hasattr(tarfile, 'data_filter'))"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ) if os.path.exists(SYSTEM_PYTHON) else None  # fmt: skip
+    if probe is None or probe.stdout.strip() != "False":
+        pytest.skip("no system Python without tarfile filters here")
+    for case, build in HOSTILE.items():
+        tarball = tmp_path / f"{case.replace(' ', '-')}.tar"
+        with tarfile.open(tarball, "w") as tar:
+            _add(tar, "harmless.txt", data=b"fine")
+            build(tar)
+    script = (
+        "import sys, os, glob\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from fabmurder.host import artifact\n"
+        "from fabmurder.errors import ArtifactError\n"
+        "refused = 0\n"
+        f"for tarball in sorted(glob.glob({str(tmp_path)!r} + '/*.tar')):\n"
+        "    dest = tarball + '.dest'\n"
+        "    try:\n"
+        "        artifact.extract(tarball, dest, 'v1')\n"
+        "    except ArtifactError:\n"
+        "        refused += 1 if os.listdir(dest) == [] else 0\n"
+        "print(refused)\n"
+    )
+    result = subprocess.run(
+        [SYSTEM_PYTHON, "-c", script], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) == len(HOSTILE)
+    assert not os.path.lexists("/tmp/fabmurder-evil")

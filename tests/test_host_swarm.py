@@ -410,3 +410,33 @@ def test_pieces_from_a_corrupt_peer_fail_their_hash_and_the_release_still_instal
     # Every good byte came from the rate-limited seeder: the limit held on loopback too.
     assert status["from_seeder"] >= release.size
     assert status["downloaded_at"] - status["started_at"] >= 0.7 * release.size / rate
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """Mount a 1 MiB tmpfs (needs root; fails rather than skips under CI)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the full-disk test needs root under CI")
+        pytest.skip("needs root to mount a tmpfs")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_peer_whose_disk_fills_fails_cleanly_with_the_reason(
+    tmp_path: Path, tracker: Tracker, nodes: list[Node], tiny_disk: Path
+) -> None:
+    release = create_release(tmp_path, tracker)
+    seed = start_seed(nodes, tmp_path, release)
+    seeding(seed)
+    peer = start_peer(nodes, tmp_path, release, seed, save_path=str(tiny_disk))
+    assert peer.wait(60) == 1, peer.output()
+    status = peer.status()
+    assert status["state"] == "failed" and status["installed"] is False
+    assert "No space left on device" in status["error"], status["error"]
+    assert not peer.dest.exists() or os.listdir(peer.dest) == []
