@@ -440,3 +440,21 @@ def test_a_peer_whose_disk_fills_fails_cleanly_with_the_reason(
     assert status["state"] == "failed" and status["installed"] is False
     assert "No space left on device" in status["error"], status["error"]
     assert not peer.dest.exists() or os.listdir(peer.dest) == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [('{"no_such_setting": 1}', "no_such_setting"), ('{"enable_dht": "yes"}', "invalid")],
+)
+def test_a_bad_settings_override_is_a_usage_error_not_a_traceback(
+    tmp_path: Path, tracker: Tracker, settings: str, message: str
+) -> None:
+    release = create_release(tmp_path, tracker)
+    addr = next_address()
+    result = fab(
+        "seed", "--torrent", str(release.torrent), "--save-path", str(release.seed_dir),
+        "--bind", addr, "--port", str(free_port(addr)),
+        "--status-file", str(tmp_path / "s.json"), "--settings", settings,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr

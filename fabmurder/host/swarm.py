@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from fabmurder.errors import ArtifactError, MurderError
+from fabmurder.errors import ArtifactError, ConfigError, MurderError
 from fabmurder.host import artifact, metainfo, profile
 from fabmurder.host.cli import EXIT_FAILED, EXIT_OK, fail, run
 from fabmurder.host.daemon import notify_ready
@@ -259,7 +259,11 @@ class Agent:
         pack.update(
             profile.rate_limits(args.upload_rate_limit, getattr(args, "download_rate_limit", 0))
         )
-        self.ses = lt.session(pack)  # type: ignore[call-overload]
+        try:
+            self.ses = lt.session(pack)  # type: ignore[call-overload]
+        except (KeyError, TypeError, ValueError) as exc:
+            # Only --settings can name an unknown setting or a wrong type.
+            raise ConfigError(f"invalid libtorrent setting in --settings: {exc}") from exc
         self.ses.set_peer_class_filter(profile.peer_class_filter())
         if args.allow:
             self.ses.set_ip_filter(profile.ip_filter(args.allow))
