@@ -97,88 +97,86 @@ def watch(run: Run, watches: dict[str, Watch], stats_url: str | None, info: dict
     """Poll the peers (and the tracker's stats) until each is installed or failed."""
     s = run.s
     deadline = time.monotonic() + s.timeout + GRACE
-    total = len(watches)
     size = int(info.get("size") or 0)
     swarm: dict[str, Any] = {}
-    stats_future: Future[Any] | None = None
-    # Polls run on their own pool so that one host that stops answering never
-    # holds the others back; a poll still pending is not sent again.
-    with ThreadPoolExecutor(
-        max_workers=min(s.parallel, total + 1), thread_name_prefix="murder-poll"
-    ) as pool:
+    stats: Future[Any] | None = None
+    stats_polled = 0.0
+    pool = ThreadPoolExecutor(max_workers=min(s.parallel, len(watches) + 1))
+    try:
         while True:
             now = time.monotonic()
+            for w in watches.values():
+                if not w.report.finished:
+                    _collect(run, w, now)
+            if stats is not None and stats.done():
+                swarm = swarm_stats(stats, info.get("info_hash")) or swarm
+                stats = None
             pending = [w for w in watches.values() if not w.report.finished]
-            for w in pending:
-                if w.future is not None and w.future.done():
-                    future, w.future = w.future, None
-                    try:
-                        status, alive = future.result()
-                    except Exception as exc:
-                        w.report.reason = f"lost contact during the download: {failure_reason(exc)}"
-                        run.unreachable[w.report.host] = w.report.reason
-                    else:
-                        apply_status(w, status, alive, now, run)
-                    if w.report.finished:
-                        run.emit(
-                            Event(
-                                "host",
-                                "installed" if w.report.ok else "failed",
-                                w.report.host,
-                                {"ok": w.report.ok, "reason": w.report.reason, "report": w.report},
-                            )
-                        )
-                elif w.future is not None and now - w.submitted > POLL_TIMEOUT:
-                    w.report.reason = f"no answer for {POLL_TIMEOUT:.0f} s during the download"
-                    run.unreachable[w.report.host] = w.report.reason
-                    run.emit(
-                        Event(
-                            "host",
-                            "failed",
-                            w.report.host,
-                            {"ok": False, "reason": w.report.reason},
-                        )
-                    )
-            if stats_url and stats_future is not None and stats_future.done():
-                swarm = swarm_stats(stats_future, info.get("info_hash")) or swarm
-                stats_future = None
-            pending = [w for w in watches.values() if not w.report.finished]
-            done = sum(1 for w in watches.values() if w.report.ok)
-            failed = total - done - len(pending)
-            run.emit(Event("progress", data={
-                "done": done, "failed": failed, "total": total,
-                "bytes": sum(w.report.bytes if not w.report.ok else size for w in watches.values()),
-                "bytes_total": size * total, "swarm": swarm,
-            }))  # fmt: skip
+            _progress(run, watches, size, swarm)
             if not pending:
                 return
             if now >= deadline:
                 for w in pending:
-                    w.report.reason = (
-                        f"timed out after {s.timeout:.0f} s ({w.report.state}, "
-                        f"{w.report.bytes} of {size} bytes)"
-                    )
-                    run.emit(
-                        Event(
-                            "host",
-                            "failed",
-                            w.report.host,
-                            {"ok": False, "reason": w.report.reason},
-                        )
-                    )
+                    why = f"{w.report.state}, {w.report.bytes} of {size} bytes"
+                    _fail(run, w, f"timed out after {s.timeout:.0f} s ({why})")
                 return
+            # Polling slows down on large fleets so the control machine's SSH
+            # traffic stays modest: about 200 status reads a second at most.
             interval = max(s.poll_interval, len(pending) / 200)
             for w in pending:
                 if w.future is None and now - w.polled >= interval:
                     w.polled = w.submitted = now
                     w.future = pool.submit(read_status, run, run.conn(w.report.host), w.pid)
-            if stats_url and stats_future is None:
-                assert s.tracker
-                stats_future = pool.submit(
-                    run_agent, run.conn(s.tracker), s, "stats", "--url", stats_url
-                )
-            polls: list[Future[Any] | None] = [w.future for w in pending]
-            pause(min(s.poll_interval, 0.5), [*polls, stats_future])
+            if stats_url and s.tracker and stats is None and now - stats_polled >= interval:
+                stats_polled = now
+                stats = pool.submit(run_agent, run.conn(s.tracker), s, "stats", "--url", stats_url)
+            pause(min(s.poll_interval, 0.5), [*(w.future for w in pending), stats])
+    finally:
+        # A poll stuck on a dead host must not hold the run; closing the pool's
+        # connections later unblocks its thread.
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _collect(run: Run, w: Watch, now: float) -> None:
+    """Take in a finished poll of one peer, or fail the peer if its poll hangs."""
+    if w.future is None:
+        return
+    if not w.future.done():
+        if now - w.submitted > POLL_TIMEOUT:
+            run.unreachable[w.report.host] = "no answer"
+            _fail(run, w, f"no answer for {POLL_TIMEOUT:.0f} s during the download")
+        return
+    future, w.future = w.future, None
+    try:
+        status, alive = future.result()
+    except Exception as exc:
+        run.unreachable[w.report.host] = failure_reason(exc)
+        _fail(run, w, f"lost contact during the download: {failure_reason(exc)}")
+        return
+    apply_status(w, status, alive, now, run)
+    if w.report.finished:
+        data = {"ok": w.report.ok, "reason": w.report.reason, "report": w.report}
+        run.emit(Event("host", "installed" if w.report.ok else "failed", w.report.host, data))
+
+
+def _fail(run: Run, w: Watch, reason: str) -> None:
+    w.report.reason = reason
+    run.emit(Event("host", "failed", w.report.host, {"ok": False, "reason": reason}))
+
+
+def _progress(run: Run, watches: dict[str, Watch], size: int, swarm: dict[str, Any]) -> None:
+    reports = [w.report for w in watches.values()]
+    done = sum(1 for r in reports if r.ok)
+    failed = sum(1 for r in reports if r.reason is not None and not r.ok)
+    data = {
+        "done": done,
+        "failed": failed,
+        "total": len(reports),
+        "bytes": sum(size if r.ok else r.bytes for r in reports),
+        "bytes_total": size * len(reports),
+        "swarm": swarm,
+    }
+    run.emit(Event("progress", data=data))
 
 
 def pause(seconds: float, futures: Sequence[Future[Any] | None]) -> None:

@@ -155,6 +155,20 @@ def test_setup_installs_the_agent_everywhere_and_a_second_run_is_fast(
     assert out.returncode == 0
 
 
+def test_setup_fails_clearly_on_hosts_without_a_usable_python(
+    fleet: Fleet, murder: dict[str, Any], installed: float
+) -> None:
+    broken = {**murder, "remote_path": "/srv/fabmurder/other", "python": "/usr/bin/python2.7"}
+    with pytest.raises(DeployError) as caught:
+        pipeline.setup(context(fleet, broken))
+    assert len(caught.value.failures) == 9
+    for reason in caught.value.failures.values():
+        assert "no usable Python: '/usr/bin/python2.7' must be Python >= 3.11" in reason
+        assert "not found" in reason
+    # nothing was written for the broken install
+    assert fleet.run_in(fleet.hosts[1], ["ls", "-A", "/srv/fabmurder"]).stdout.split() == ["agent"]
+
+
 def test_a_release_tree_reaches_eight_peers_identical_in_bytes_and_modes(
     fleet: Fleet, murder: dict[str, Any], release: dict[str, Any], events: list[Event]
 ) -> None:
