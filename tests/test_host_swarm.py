@@ -458,3 +458,28 @@ def test_a_bad_settings_override_is_a_usage_error_not_a_traceback(
     )  # fmt: skip
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_finished_peer_leaves_promptly_through_a_token_tracker(
+    tmp_path: Path, nodes: list[Node]
+) -> None:
+    """With ``/announce/<token>``, the scrape (``/scrape/<token>``) still tells the peer to go."""
+    port = free_port("127.0.0.1")
+    started = fab(
+        "daemon", "start", "--pid-file", str(tmp_path / "tracker.pid"), "--log",
+        str(tmp_path / "tracker.log"), "--", "tracker", "--bind", "127.0.0.1", "--port",
+        str(port), "--interval", "2", "--token", "s3cret-token",
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    try:
+        token_tracker = Tracker(f"http://127.0.0.1:{port}/announce/s3cret-token", tmp_path / "a")
+        release = create_release(tmp_path, token_tracker)
+        seed = start_seed(nodes, tmp_path, release)
+        seeding(seed)
+        peer = start_peer(nodes, tmp_path, release, seed, seed_after="60")
+        began = time.monotonic()
+        assert peer.wait(40) == 0, peer.output()
+        assert time.monotonic() - began < 20
+        assert "scrape failed" not in peer.output()
+    finally:
+        fab("daemon", "stop", "--pid-file", str(tmp_path / "tracker.pid"))
