@@ -75,6 +75,14 @@ def test_packing_a_single_file_ships_that_file(tmp_path: Path) -> None:
     assert stat.S_IMODE((final / "app.bin").stat().st_mode) == 0o751
 
 
+def test_a_symlinked_source_ships_what_it_points_to(tmp_path: Path) -> None:
+    src = make_release_tree(tmp_path / "releases" / "r1")
+    (tmp_path / "current").symlink_to("releases/r1")
+    artifact.pack(str(tmp_path / "current"), str(tmp_path / "r.tar"))
+    final = artifact.extract(str(tmp_path / "r.tar"), str(tmp_path / "dest"), "v1")
+    assert tree_signature(Path(final)) == tree_signature(src)
+
+
 def test_packing_twice_gives_the_same_bytes(tmp_path: Path) -> None:
     src = make_release_tree(tmp_path / "src")
     first = artifact.pack(str(src), str(tmp_path / "a.tar"))

@@ -90,9 +90,11 @@ def pack(src: str, out_path: str) -> Packed:
 
     :raises ArtifactError: if ``src`` is missing or an empty directory.
     """
-    if not os.path.lexists(src):
+    if not os.path.exists(src):
         raise ArtifactError(f"files_path {src!r} does not exist", path=src)
-    is_dir = os.path.isdir(src) and not os.path.islink(src)
+    # files_path is often a "current" symlink: ship what it points to.
+    src = os.path.realpath(src)
+    is_dir = os.path.isdir(src)
     if is_dir and not os.listdir(src):
         raise ArtifactError(f"files_path {src!r} is an empty directory", path=src)
     out_dir = os.path.dirname(os.path.abspath(out_path))
