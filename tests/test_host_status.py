@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fabmurder.host import metainfo, swarm
+from fabmurder.host import agent, metainfo, statusfile
 
 #: cases per property; the CI count is reported in docs/tuning.md and the report
 FUZZ_CASES = 400
@@ -25,7 +25,7 @@ valid_docs = st.fixed_dictionaries(
         "tag": st.text(min_size=1, max_size=20),
         "info_hash": st.text(alphabet="0123456789abcdef", min_size=40, max_size=40),
         "pid": st.integers(1, 2**22),
-        "state": st.sampled_from(swarm.STATES),
+        "state": st.sampled_from(statusfile.STATES),
         "installed": st.booleans(),
         "error": st.none() | st.text(max_size=50),
         "total": counts,
@@ -46,13 +46,13 @@ valid_docs = st.fixed_dictionaries(
 @settings(max_examples=FUZZ_CASES, deadline=None)
 @given(doc=valid_docs)
 def test_every_well_formed_status_parses_back_unchanged(doc: dict[str, Any]) -> None:
-    assert swarm.parse_status(json.dumps(doc)) == doc
+    assert statusfile.parse_status(json.dumps(doc)) == doc
 
 
 #: a value of the wrong type for each field
 WRONG: dict[str, object] = {
     key: ("x" if kind in (int, (int, float), (int, float, type(None))) else 5)
-    for key, kind in swarm.STATUS_FIELDS.items()
+    for key, kind in statusfile.STATUS_FIELDS.items()
 }
 WRONG.update(installed="yes", role="bogus", state="bogus", pid=True, done=-1)
 
@@ -68,45 +68,45 @@ def test_a_status_with_a_field_missing_or_mistyped_is_refused(
         del doc[key]
     else:
         doc[key] = {"wrong": WRONG[key], "list": [], "dict": {}}[action]
-    with pytest.raises(swarm.StatusError):
-        swarm.parse_status(json.dumps(doc))
+    with pytest.raises(statusfile.StatusError):
+        statusfile.parse_status(json.dumps(doc))
 
 
 @settings(max_examples=FUZZ_CASES, deadline=None)
 @given(text=st.text(max_size=300) | st.binary(max_size=300))
 def test_parsing_arbitrary_text_returns_or_raises_status_error(text: str | bytes) -> None:
     try:
-        doc = swarm.parse_status(text)
-    except swarm.StatusError:
+        doc = statusfile.parse_status(text)
+    except statusfile.StatusError:
         return
-    assert doc["state"] in swarm.STATES
+    assert doc["state"] in statusfile.STATES
 
 
-def _agent(tmp_path: Path) -> swarm.Agent:
+def _agent(tmp_path: Path) -> agent.Agent:
     (tmp_path / "v1.tar").write_bytes(b"x" * 40_000)
     meta = metainfo.create(
         str(tmp_path / "v1.tar"), str(tmp_path / "v1.torrent"), "http://127.0.0.1:1/announce", 16384
     )
     args = argparse.Namespace(status_file=str(tmp_path / "peer-v1.status.json"), seeder=None)
-    return swarm.Agent("peer", args, meta)
+    return agent.Agent("peer", args, meta)
 
 
 def test_the_status_file_is_replaced_atomically_at_most_twice_a_second(tmp_path: Path) -> None:
-    agent = _agent(tmp_path)
+    subject = _agent(tmp_path)
     path = tmp_path / "peer-v1.status.json"
-    agent.write_status(force=True)
+    subject.write_status(force=True)
     first = path.stat().st_ino
     for _ in range(50):
-        agent.write_status()
+        subject.write_status()
     assert path.stat().st_ino == first  # throttled: no rewrite within STATUS_INTERVAL
-    agent.set_state("downloading")  # a change of state is written at once
+    subject.set_state("downloading")  # a change of state is written at once
     assert path.stat().st_ino != first
-    assert swarm.read_status(str(path))["state"] == "downloading"
+    assert statusfile.read_status(str(path))["state"] == "downloading"
     assert [p for p in os.listdir(tmp_path) if ".tmp-" in p] == []
 
 
 def test_transfer_credits_each_block_to_its_sender_or_else_its_requester() -> None:
-    transfer = swarm.Transfer(seeder="10.0.0.1")
+    transfer = agent.Transfer(seeder="10.0.0.1")
     for block in range(4):
         transfer.block_requested(7, block, "10.0.0.1")
     transfer.block_received(7, 0, "10.0.0.1")

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from test_host_artifact import make_release_tree, tree_signature
 
-from fabmurder.host import swarm
+from fabmurder.host import statusfile
 
 _addresses = itertools.count(20)
 
@@ -62,8 +62,8 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
 
 def state_of(status_file: Path) -> str | None:
     try:
-        return str(swarm.read_status(str(status_file))["state"])
-    except swarm.StatusError:
+        return str(statusfile.read_status(str(status_file))["state"])
+    except statusfile.StatusError:
         return None
 
 
@@ -150,7 +150,7 @@ class Node:
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
 
     def status(self) -> dict[str, Any]:
-        return swarm.read_status(str(self.status_file))
+        return statusfile.read_status(str(self.status_file))
 
     def wait(self, timeout: float) -> int:
         try:
@@ -294,7 +294,7 @@ def test_a_corrupt_seeder_copy_is_caught_before_the_seeder_reports_ready(
     assert result.returncode == 1
     assert "does not match the torrent" in result.stderr
     assert "65536 of" in result.stderr  # exactly one 64 KiB piece is bad
-    assert swarm.read_status(str(status_file))["state"] == "failed"
+    assert statusfile.read_status(str(status_file))["state"] == "failed"
     assert not (tmp_path / "seed.pid").exists()
 
 

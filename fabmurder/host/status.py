@@ -8,7 +8,7 @@ from typing import Any
 
 from fabmurder.host import daemon
 from fabmurder.host.cli import EXIT_OK, emit, run
-from fabmurder.host.swarm import StatusError, read_status
+from fabmurder.host.statusfile import StatusError, read_status
 
 
 def host_status(temp_path: str, dest: str | None = None) -> dict[str, Any]:
