@@ -4,13 +4,13 @@
 [--allow-file PATH] [--token TOKEN] [--racks PATH]`` runs in the foreground
 until SIGTERM or SIGINT and then exits 0.
 
-The server is a raw :class:`asyncio.Protocol` with a minimal HTTP/1.1 parser
-(GET only, keep-alive and pipelining, no request bodies). Every request is
-handled synchronously inside ``data_received``: the swarm state is changed
-and the reply computed without an ``await``, so nothing is ever held across
-I/O. Hostile clients are bounded: a request head may be at most
-``MAX_HEAD`` bytes, a request must arrive within ``--header-timeout``
-seconds, idle keep-alive connections are closed, and there is a cap on
+:class:`Tracker` routes a request to the swarm state; each connection is a
+:class:`~fabmurder.tracker.connection.Connection` that calls it
+synchronously, so the state is changed and the reply computed without an
+``await`` and nothing is ever held across I/O. :class:`TrackerServer` owns
+the listening socket and the housekeeping: it drops connections that do not
+send a whole request head within ``--header-timeout`` seconds (slowloris)
+or idle longer than ``--idle-timeout``, and expires silent peers. Caps bound
 connections, swarms and peers per swarm.
 """
 
@@ -32,6 +32,7 @@ from pathlib import Path
 from fabmurder.errors import ConfigError
 from fabmurder.host.daemon import notify_ready
 from fabmurder.tracker.allow import AllowList
+from fabmurder.tracker.connection import JSON, PLAIN, Connection, Reply
 from fabmurder.tracker.protocol import (
     RequestError,
     encode_compact,
@@ -46,20 +47,6 @@ from fabmurder.tracker.swarm import Limits, Swarms
 
 log = logging.getLogger("fabmurder.tracker")
 
-MAX_HEAD = 8192
-_STATUS = {
-    200: b"OK",
-    400: b"Bad Request",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-    503: b"Service Unavailable",
-}
-_PLAIN = b"text/plain"
-_JSON = b"application/json"
-
-Reply = tuple[int, bytes, bytes]  # status, content type, body
 Handler = Callable[[bytes, str], Reply]
 
 
@@ -104,7 +91,7 @@ class Tracker:
         path, _, query = target.partition(b"?")
         handler = self.routes.get(path)
         if handler is None:
-            return 404, _PLAIN, b"not found\n"
+            return 404, PLAIN, b"not found\n"
         return handler(query, ip)
 
     def announce(self, query: bytes, ip: str) -> Reply:
@@ -116,7 +103,7 @@ class Tracker:
                 raise RequestError("info_hash is not served by this tracker")
             result = self.swarms.announce(req, ip, time.monotonic())
         except RequestError as exc:
-            return 200, _PLAIN, encode_failure(str(exc))
+            return 200, PLAIN, encode_failure(str(exc))
         if req.compact:
             peers = b"".join([p.compact for p in result.peers])
             peers6 = b""
@@ -141,162 +128,24 @@ class Tracker:
                 [(p.peer_id, p.ip, p.port) for p in result.peers],
                 with_peer_id=not req.no_peer_id,
             )
-        return 200, _PLAIN, body
+        return 200, PLAIN, body
 
     def scrape(self, query: bytes, ip: str) -> Reply:
         """Handle ``/scrape`` (BEP 48)."""
         try:
             hashes = parse_scrape(query)
         except RequestError as exc:
-            return 200, _PLAIN, encode_failure(str(exc))
+            return 200, PLAIN, encode_failure(str(exc))
         if self.allow is not None and hashes:
             hashes = [h for h in hashes if h in self.allow]
             if not hashes:
-                return 200, _PLAIN, encode_failure("info_hash is not served by this tracker")
-        return 200, _PLAIN, encode_scrape(self.swarms.scrape(hashes))
+                return 200, PLAIN, encode_failure("info_hash is not served by this tracker")
+        return 200, PLAIN, encode_scrape(self.swarms.scrape(hashes))
 
     def stats(self, query: bytes, ip: str) -> Reply:
         """Handle ``/stats``: JSON per swarm for the controller's progress bar."""
         body = json.dumps({"swarms": self.swarms.stats()}, sort_keys=True).encode()
-        return 200, _JSON, body
-
-
-def _response(status: int, ctype: bytes, body: bytes, keep_alive: bool) -> bytes:
-    return b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
-        status,
-        _STATUS[status],
-        ctype,
-        len(body),
-        b"Connection: keep-alive\r\n" if keep_alive else b"Connection: close\r\n",
-        body,
-    )
-
-
-class HTTPConnection(asyncio.Protocol):
-    """One client connection: parse request heads, answer them in order."""
-
-    __slots__ = ("server", "transport", "ip", "buf", "started", "served", "paused", "closing")
-
-    def __init__(self, server: TrackerServer) -> None:
-        self.server = server
-        self.transport: asyncio.Transport | None = None
-        self.ip = ""
-        self.buf = b""
-        self.started = time.monotonic()
-        self.served = 0
-        self.paused = False
-        self.closing = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Register the connection, or refuse it when the cap is reached."""
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        conns = self.server.connections
-        if len(conns) >= self.server.config.max_connections:
-            self.closing = True
-            transport.write(_response(503, _PLAIN, b"too many connections\n", False))
-            transport.close()
-            return
-        conns.add(self)
-        peer = transport.get_extra_info("peername")
-        ip = peer[0] if peer else ""
-        self.ip = ip[7:] if ip.startswith("::ffff:") else ip
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Forget the connection."""
-        self.server.connections.discard(self)
-
-    def pause_writing(self) -> None:
-        """Stop reading while the client does not read its replies."""
-        self.paused = True
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        """Read again and answer requests already buffered."""
-        self.paused = False
-        if self.transport is not None and not self.closing:
-            self.transport.resume_reading()
-            self._process()
-
-    def data_received(self, data: bytes) -> None:
-        """Buffer bytes and answer every complete request."""
-        if self.closing:
-            return
-        if not self.buf:
-            self.started = time.monotonic()
-        self.buf += data
-        self._process()
-
-    def _fail(self, status: int, text: bytes) -> None:
-        # Half-close and drain what the client still sends, so the kernel does
-        # not answer unread bytes with a reset that would destroy the reply;
-        # the reaper closes the connection if the client does not.
-        assert self.transport is not None
-        self.closing = True
-        self.buf = b""
-        self.started = time.monotonic()
-        self.transport.write(_response(status, _PLAIN, text, False))
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        else:
-            self.transport.close()
-
-    def _process(self) -> None:
-        transport = self.transport
-        assert transport is not None
-        while self.buf and not self.paused and not self.closing:
-            buf = self.buf
-            end = buf.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
-            if end < 0:
-                if len(buf) > MAX_HEAD:
-                    if buf.find(b"\r\n", 0, MAX_HEAD) < 0:
-                        self._fail(414, b"request line too long\n")
-                    else:
-                        self._fail(431, b"request head too long\n")
-                return
-            head = buf[:end]
-            self.buf = buf[end + 4 :]
-            self.started = time.monotonic()
-            line_end = head.find(b"\r\n")
-            request_line = head if line_end < 0 else head[:line_end]
-            parts = request_line.split(b" ")
-            if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-                self._fail(400, b"bad request line\n")
-                return
-            method, target, version = parts
-            keep_alive = version != b"HTTP/1.0"
-            if line_end >= 0:
-                for line in head[line_end + 2 :].split(b"\r\n"):
-                    name, sep, value = line.partition(b":")
-                    if not sep:
-                        self._fail(400, b"bad header\n")
-                        return
-                    name = name.strip().lower()
-                    if name == b"connection":
-                        token = value.strip().lower()
-                        if token == b"close":
-                            keep_alive = False
-                        elif token == b"keep-alive":
-                            keep_alive = True
-                    elif (name == b"content-length" and value.strip() != b"0") or (
-                        name == b"transfer-encoding"
-                    ):
-                        self._fail(400, b"request bodies are not accepted\n")
-                        return
-            if method != b"GET":
-                self._fail(405, b"only GET is served\n")
-                return
-            if target.startswith(b"http://"):
-                slash = target.find(b"/", 7)
-                target = target[slash:] if slash >= 0 else b"/"
-            status, ctype, body = self.server.tracker.route(target, self.ip)
-            self.served += 1
-            transport.write(_response(status, ctype, body, keep_alive))
-            if not keep_alive:
-                self.closing = True
-                transport.close()
-                return
+        return 200, JSON, body
 
 
 class TrackerServer:
@@ -305,7 +154,7 @@ class TrackerServer:
     def __init__(self, config: TrackerConfig) -> None:
         self.config = config
         self.tracker = Tracker(config)
-        self.connections: set[HTTPConnection] = set()
+        self.connections: set[Connection] = set()
         self._server: asyncio.base_events.Server | None = None
 
     @property
@@ -318,7 +167,7 @@ class TrackerServer:
         """Listen on the configured address."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: HTTPConnection(self),
+            lambda: Connection(self.tracker.route, self.connections, self.config.max_connections),
             host=self.config.bind,
             port=self.config.port,
             reuse_address=True,

@@ -5,10 +5,10 @@ asyncio thread, never across an ``await``: each announce mutates the state
 and computes its reply in one step, so no lock is needed and none is held
 across I/O.
 
-A swarm keeps its peers in index-addressed lists (one per kind, seeders and
-leechers, both swarm-wide and per rack) so that a peer is added, removed or
-moved in O(1) and a random reply of ``k`` peers costs O(k), whatever the
-swarm's size.
+A swarm keeps its peers in :class:`~fabmurder.tracker.peers.Pool` lists
+(seeders and leechers, swarm-wide and per rack), so that a peer is added,
+removed or moved in O(1) and a random reply of ``k`` peers costs O(k),
+whatever the swarm's size.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import accumulate
-from math import gcd
 from typing import TypedDict
 
+from fabmurder.tracker.peers import Peer, Pool, sample
 from fabmurder.tracker.protocol import Announce, RequestError, ScrapeFile, compact_peer
 
 _rand = random.random
@@ -58,128 +58,6 @@ class Limits:
         return self.interval * self.expire_factor + min(10.0, self.interval / 2)
 
 
-class Peer:
-    """One peer of one swarm."""
-
-    __slots__ = (
-        "peer_id",
-        "ip",
-        "port",
-        "compact",
-        "key",
-        "left",
-        "rack",
-        "last_seen",
-        "counted",
-        "pos",
-    )
-
-    def __init__(self, peer_id: bytes, ip: str, port: int, rack: str) -> None:
-        self.peer_id = peer_id
-        self.ip = ip
-        self.port = port
-        self.compact = compact_peer(ip, port)
-        self.rack = rack
-        self.key: bytes | None = None
-        self.left = -1  # not yet in any list
-        self.last_seen = 0.0
-        self.counted = False
-        # index in [swarm-wide list, rack list]
-        self.pos = [0, 0]
-
-
-class _Pool:
-    """Seeders and leechers of one scope (a whole swarm or one rack)."""
-
-    __slots__ = ("seeds", "leechers", "slot")
-
-    def __init__(self, slot: int) -> None:
-        self.seeds: list[Peer] = []
-        self.leechers: list[Peer] = []
-        self.slot = slot  # which index of Peer.pos this pool uses
-
-    def __len__(self) -> int:
-        return len(self.seeds) + len(self.leechers)
-
-    def add(self, peer: Peer) -> None:
-        group = self.seeds if peer.left == 0 else self.leechers
-        peer.pos[self.slot] = len(group)
-        group.append(peer)
-
-    def remove(self, peer: Peer) -> None:
-        group = self.seeds if peer.left == 0 else self.leechers
-        index = peer.pos[self.slot]
-        last = group.pop()
-        if last is not peer:
-            group[index] = last
-            last.pos[self.slot] = index
-
-    def candidates(self, for_seeder: bool) -> tuple[list[Peer], list[Peer]]:
-        """Return the lists a reply may draw from: seeders get no seeders."""
-        return ([], self.leechers) if for_seeder else (self.seeds, self.leechers)
-
-
-def _stride(n: int) -> int:
-    """Return a random step in ``1..n-1`` coprime with ``n`` (1 when n < 3)."""
-    if n < 3:
-        return 1
-    while True:
-        step = 1 + int(_rand() * (n - 1))
-        if gcd(step, n) == 1:
-            return step
-
-
-def _sample(
-    lists: tuple[list[Peer], list[Peer]], k: int, asker: Peer, avoid_rack: str | None = None
-) -> list[Peer]:
-    """Pick up to ``k`` distinct random peers from two lists.
-
-    The asker is left out, and so is every peer of ``avoid_rack`` when given.
-    A large pool is walked along a random arithmetic progression (random
-    start, random step coprime with its size): distinct indices in O(k)
-    without a set of drawn indices, and a different random subset each time.
-    """
-    first, second = lists
-    n_first = len(first)
-    n = n_first + len(second)
-    if k <= 0 or n == 0:
-        return []
-    if 2 * k >= n:
-        everyone = [p for p in first + second if p is not asker and p.rack != avoid_rack]
-        random.shuffle(everyone)
-        return everyone[:k]
-    if avoid_rack is None:
-        step = _stride(n)
-        start = int(_rand() * n)
-        walk = range(start, start + step * (k + 1), step)
-        if not n_first:
-            picked = [second[i % n] for i in walk]
-        elif n_first == n:
-            picked = [first[i % n] for i in walk]
-        else:
-            picked = [first[j] if (j := i % n) < n_first else second[j - n_first] for i in walk]
-        if asker in picked:
-            picked.remove(asker)
-        else:
-            picked.pop()
-        return picked
-    # Outside the rack is at least a quarter of the pool here: independent
-    # draws (a rack may sit in one stretch of the list) need about 4k tries.
-    picked = []
-    seen: set[int] = set()
-    for _ in range(16 * n):
-        i = int(_rand() * n)
-        if i in seen:
-            continue
-        seen.add(i)
-        peer = first[i] if i < n_first else second[i - n_first]
-        if peer is not asker and peer.rack != avoid_rack:
-            picked.append(peer)
-            if len(picked) == k:
-                break
-    return picked
-
-
 class Swarm:
     """The peers of one info-hash."""
 
@@ -188,8 +66,8 @@ class Swarm:
         self.cross_rack = cross_rack
         self.peers: dict[bytes, Peer] = {}
         self.by_addr: dict[bytes, Peer] = {}
-        self.all = _Pool(0)
-        self.racks: dict[str, _Pool] = {}
+        self.all = Pool(0)
+        self.racks: dict[str, Pool] = {}
         self.completed = 0
         self.left_total = 0
         self.empty_since: float | None = None
@@ -212,7 +90,7 @@ class Swarm:
         self.all.add(peer)
         rack = self.racks.get(peer.rack)
         if rack is None:
-            rack = self.racks[peer.rack] = _Pool(1)
+            rack = self.racks[peer.rack] = Pool(1)
         rack.add(peer)
         self.left_total += left
         self.empty_since = None
@@ -257,7 +135,7 @@ class Swarm:
         in_rack = len(rack.leechers) + (0 if for_seeder else len(rack.seeds))
         others = total - in_rack
         reserve = min(self.cross_rack, others, k)
-        picked = _sample(rack.candidates(for_seeder), k - reserve, asker)
+        picked = sample(rack.candidates(for_seeder), k - reserve, asker)
         need = k - len(picked)
         if need <= 0 or others <= 0:
             return picked
@@ -268,7 +146,7 @@ class Swarm:
     ) -> list[Peer]:
         if 4 * others >= total and others > 2 * need:
             # Most candidates are outside the rack: draw swarm-wide, skip the rack.
-            return _sample(self.all.candidates(for_seeder), need, asker, my_rack)
+            return sample(self.all.candidates(for_seeder), need, asker, my_rack)
         pools = [
             pool.candidates(for_seeder) for name, pool in self.racks.items() if name != my_rack
         ]

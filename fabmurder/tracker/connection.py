@@ -1,0 +1,188 @@
+"""Serve one client connection: a minimal HTTP/1.1 parser for GET requests.
+
+Keep-alive (HTTP/1.1 by default, HTTP/1.0 when asked) and pipelining are
+supported; request bodies and methods other than GET are refused. Every
+complete request is answered synchronously inside ``data_received`` by the
+``route`` callable, so replies leave in request order and nothing waits on
+I/O while the tracker's state changes. A request head is at most
+``MAX_HEAD`` bytes; timeouts are enforced by the server's reaper, which
+reads :attr:`Connection.started`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+MAX_HEAD = 8192
+STATUS = {
+    200: b"OK",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+PLAIN = b"text/plain"
+JSON = b"application/json"
+
+Reply = tuple[int, bytes, bytes]  # status, content type, body
+
+
+def response(status: int, ctype: bytes, body: bytes, keep_alive: bool) -> bytes:
+    """Format one whole HTTP/1.1 response."""
+    return b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        status,
+        STATUS[status],
+        ctype,
+        len(body),
+        b"Connection: keep-alive\r\n" if keep_alive else b"Connection: close\r\n",
+        body,
+    )
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: parse request heads, answer them in order."""
+
+    __slots__ = (
+        "route",
+        "connections",
+        "max_connections",
+        "transport",
+        "ip",
+        "buf",
+        "started",
+        "served",
+        "paused",
+        "closing",
+    )
+
+    def __init__(
+        self,
+        route: Callable[[bytes, str], Reply],
+        connections: set[Connection],
+        max_connections: int,
+    ) -> None:
+        self.route = route
+        self.connections = connections
+        self.max_connections = max_connections
+        self.transport: asyncio.Transport | None = None
+        self.ip = ""
+        self.buf = b""
+        self.started = time.monotonic()
+        self.served = 0
+        self.paused = False
+        self.closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Register the connection, or refuse it when the cap is reached."""
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        conns = self.connections
+        if len(conns) >= self.max_connections:
+            self.closing = True
+            transport.write(response(503, PLAIN, b"too many connections\n", False))
+            transport.close()
+            return
+        conns.add(self)
+        peer = transport.get_extra_info("peername")
+        ip = peer[0] if peer else ""
+        self.ip = ip[7:] if ip.startswith("::ffff:") else ip
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the connection."""
+        self.connections.discard(self)
+
+    def pause_writing(self) -> None:
+        """Stop reading while the client does not read its replies."""
+        self.paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        """Read again and answer requests already buffered."""
+        self.paused = False
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+            self._process()
+
+    def data_received(self, data: bytes) -> None:
+        """Buffer bytes and answer every complete request."""
+        if self.closing:
+            return
+        if not self.buf:
+            self.started = time.monotonic()
+        self.buf += data
+        self._process()
+
+    def _fail(self, status: int, text: bytes) -> None:
+        # Half-close and drain what the client still sends, so the kernel does
+        # not answer unread bytes with a reset that would destroy the reply;
+        # the reaper closes the connection if the client does not.
+        assert self.transport is not None
+        self.closing = True
+        self.buf = b""
+        self.started = time.monotonic()
+        self.transport.write(response(status, PLAIN, text, False))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
+            self.transport.close()
+
+    def _process(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        while self.buf and not self.paused and not self.closing:
+            buf = self.buf
+            end = buf.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
+            if end < 0:
+                if len(buf) > MAX_HEAD:
+                    if buf.find(b"\r\n", 0, MAX_HEAD) < 0:
+                        self._fail(414, b"request line too long\n")
+                    else:
+                        self._fail(431, b"request head too long\n")
+                return
+            head = buf[:end]
+            self.buf = buf[end + 4 :]
+            self.started = time.monotonic()
+            line_end = head.find(b"\r\n")
+            request_line = head if line_end < 0 else head[:line_end]
+            parts = request_line.split(b" ")
+            if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+                self._fail(400, b"bad request line\n")
+                return
+            method, target, version = parts
+            keep_alive = version != b"HTTP/1.0"
+            if line_end >= 0:
+                for line in head[line_end + 2 :].split(b"\r\n"):
+                    name, sep, value = line.partition(b":")
+                    if not sep:
+                        self._fail(400, b"bad header\n")
+                        return
+                    name = name.strip().lower()
+                    if name == b"connection":
+                        token = value.strip().lower()
+                        if token == b"close":
+                            keep_alive = False
+                        elif token == b"keep-alive":
+                            keep_alive = True
+                    elif (name == b"content-length" and value.strip() != b"0") or (
+                        name == b"transfer-encoding"
+                    ):
+                        self._fail(400, b"request bodies are not accepted\n")
+                        return
+            if method != b"GET":
+                self._fail(405, b"only GET is served\n")
+                return
+            if target.startswith(b"http://"):
+                slash = target.find(b"/", 7)
+                target = target[slash:] if slash >= 0 else b"/"
+            status, ctype, body = self.route(target, self.ip)
+            self.served += 1
+            transport.write(response(status, ctype, body, keep_alive))
+            if not keep_alive:
+                self.closing = True
+                transport.close()
+                return
