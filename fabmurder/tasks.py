@@ -149,11 +149,7 @@ def distribute_files(
 @_reported
 def setup(c: Any, parallel: str | None = None) -> GroupResult:
     """Install the agent (fabmurder and libtorrent) on every role host."""
-    try:
-        result = pipeline.setup(c, **_overrides(parallel=parallel))
-    except DeployError as exc:
-        lines = [f"murder: {exc}:"] + [f"  [{h}] {r}" for h, r in exc.failures.items()]
-        raise Exit("\n".join(lines), code=1) from None
+    result = pipeline.setup(c, **_overrides(parallel=parallel))
     _host_lines(result, lambda value: f"agent {value}")
     return result
 

@@ -236,6 +236,28 @@ def test_a_peer_that_is_down_fails_the_run_by_name_and_the_others_still_get_it(
     assert fleet.run_in(down, ["ls", "-A", DEST]).stdout.split() == ["LIVE", "r1", "r2"]
 
 
+def test_a_build_on_the_control_machine_is_handed_to_the_seeder_with_local_path(
+    fleet: Fleet, murder: dict[str, Any], release: dict[str, Any], tmp_path: Path
+) -> None:
+    build = tmp_path / "my build"
+    (build / "lib" / "empty").mkdir(parents=True)
+    (build / "lib" / "app.py").write_text("print('hello')\n")
+    (build / "run").write_text("#!/bin/sh\n")
+    (build / "run").chmod(0o755)
+    (build / "current").symlink_to("lib/app.py")
+    local = {**murder, "local_path": str(build), "files_path": None, "peers": murder["peers"][:2]}
+    report = pipeline.distribute_files(context(fleet, local), tag="r6")
+    assert report.failures == {}
+    got = manifest(fleet, fleet.hosts[1], f"{DEST}/r6")
+    assert got["current"] == ["link", "lib/app.py"]
+    assert got["run"][:2] == ["file", "0o755"]
+    assert got["lib/empty"][0] == "dir"
+    assert set(got) == {"current", "run", "lib", "lib/app.py", "lib/empty"}
+    # the upload does not linger on the seeder
+    left = fleet.run_in(fleet.hosts[0], ["ls", "-A", TEMP]).stdout.split()
+    assert [name for name in left if "r6" in name or "upload" in name] == [], left
+
+
 OPENTRACKER = (
     "mkdir -p /srv/ot && : > /srv/ot/whitelist && cd /srv/ot && "
     '(setsid opentracker -i "$1" -p 6969 -P 6969 -w whitelist -d /srv/ot '
