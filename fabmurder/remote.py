@@ -33,6 +33,9 @@ T = TypeVar("T")
 #: run() keywords for machine-to-machine commands: no echo of output, no
 #: stdin forwarding (many threads must not compete for the terminal), and
 #: non-zero exits come back as results to be judged by the caller.
+#: seconds to wait for an SSH connection when the Fabric config sets no timeout
+CONNECT_TIMEOUT = 30
+
 QUIET: dict[str, Any] = {"hide": True, "warn": True, "in_stream": False}
 
 
@@ -114,7 +117,11 @@ class Pool:
         with self._lock:
             conn = self._connections.get(host)
             if conn is None:
-                conn = Connection(host, config=self.config)
+                # Without a connect timeout a host whose network is gone holds
+                # its slot for minutes of TCP retries; the user's value wins.
+                timeouts = self.config.get("timeouts") or {}
+                timeout = timeouts.get("connect") or CONNECT_TIMEOUT
+                conn = Connection(host, config=self.config, connect_timeout=timeout)
                 self._connections[host] = conn
                 self._names[id(conn)] = host
             return conn

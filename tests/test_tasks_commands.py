@@ -169,3 +169,13 @@ def test_fab_lists_the_tasks_of_a_fabfile_that_adds_the_collection(tmp_path: Pat
     assert "murder.distribute-files" in out.stdout
     assert "Ship a release from the seeder to every peer" in out.stdout
     assert "murder.stop-peering" in out.stdout
+
+
+def test_connections_get_a_connect_timeout_unless_the_fabric_config_sets_one() -> None:
+    from fabric import Config
+
+    assert Pool(Context().config).get("web1").connect_timeout == 30
+    configured = Config(overrides={"timeouts": {"connect": 5}})
+    pool = Pool(configured)
+    assert pool.get("web1").connect_timeout == 5
+    assert pool.get("web1") is pool.get("web1")  # one connection per host per run
