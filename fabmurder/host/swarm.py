@@ -68,7 +68,9 @@ def peer(agent: Agent) -> int:
         agent.pump()
         _check_deadline(agent, deadline)
     agent.set_state("downloading")
-    while not agent.complete() and not StopFlag.requested:
+    # torrent_finished_alert first: polling handle.status() is a blocking call into
+    # the network thread, so it is asked only once the download says it is done.
+    while not (agent.finished and agent.complete()) and not StopFlag.requested:
         agent.pump()
         _check_deadline(agent, deadline)
     if StopFlag.requested:
