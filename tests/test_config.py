@@ -124,3 +124,11 @@ def test_host_strings_split_into_user_host_and_port() -> None:
     assert split_host("[fd00::1]:22") == (None, "fd00::1", 22)
     with pytest.raises(ConfigError, match="non-numeric port"):
         split_host("web1:ssh")
+
+
+def test_every_config_key_is_documented_in_the_usage_page() -> None:
+    from pathlib import Path
+
+    usage = (Path(__file__).resolve().parent.parent / "docs" / "usage.md").read_text()
+    undocumented = [key for key in DEFAULTS if f"`{key}`" not in usage]
+    assert undocumented == []
