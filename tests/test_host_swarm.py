@@ -483,3 +483,17 @@ def test_a_finished_peer_leaves_promptly_through_a_token_tracker(
         assert "scrape failed" not in peer.output()
     finally:
         fab("daemon", "stop", "--pid-file", str(tmp_path / "tracker.pid"))
+
+
+def test_a_seeder_without_its_tarball_says_it_is_missing(tmp_path: Path, tracker: Tracker) -> None:
+    release = create_release(tmp_path, tracker)
+    (release.seed_dir / f"{release.tag}.tar").unlink()
+    addr = next_address()
+    status_file = tmp_path / "new" / "dir" / "seed.status.json"
+    result = fab(
+        "seed", "--torrent", str(release.torrent), "--save-path", str(release.seed_dir),
+        "--bind", addr, "--port", str(free_port(addr)), "--status-file", str(status_file),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "is missing" in result.stderr and "Traceback" not in result.stderr
+    assert statusfile.read_status(str(status_file))["state"] == "failed"

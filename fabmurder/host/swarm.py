@@ -33,6 +33,9 @@ FLUSH_TIMEOUT = 60.0
 
 def seed(agent: Agent) -> int:
     """Serve the release until SIGTERM; fail if the data on disk does not match the torrent."""
+    tarball = os.path.join(agent.args.save_path, agent.meta.name)
+    if not os.path.isfile(tarball):
+        raise ArtifactError(f"seed data {tarball} is missing", path=tarball)
     agent.set_state("checking")
     agent.open_session()
     while agent.checking() and not StopFlag.requested:
@@ -199,6 +202,10 @@ def main(argv: list[str]) -> int:
         profile.settings(args.bind, args.port, profile.parse_overrides(args.settings))
         StopFlag.requested = False
         StopFlag.install()
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.status_file)), exist_ok=True)
+        except OSError as exc:
+            raise MurderError(f"cannot create the status file's directory: {exc}") from exc
         agent = Agent(role, args, meta)
         agent.write_status(force=True)
         try:
