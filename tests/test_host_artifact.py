@@ -225,6 +225,16 @@ def test_force_replaces_an_existing_release_and_leaves_no_leftovers(tmp_path: Pa
     assert os.listdir(tmp_path / "dest") == ["v1"]
 
 
+def test_leftovers_of_a_killed_extraction_of_this_tag_are_removed(tmp_path: Path) -> None:
+    src = make_release_tree(tmp_path / "src")
+    artifact.pack(str(src), str(tmp_path / "r.tar"))
+    dest = tmp_path / "dest"
+    for name in [".v1.partial-abc", ".v1.old-def", ".v2.partial-xyz", ".v1x.partial-q"]:
+        (dest / name / "half").mkdir(parents=True)
+    artifact.extract(str(tmp_path / "r.tar"), str(dest), "v1")
+    assert sorted(os.listdir(dest)) == [".v1x.partial-q", ".v2.partial-xyz", "v1"]
+
+
 def test_a_release_too_big_for_the_disk_is_refused_before_writing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -303,6 +303,7 @@ def extract(tarball: str, dest: str, tag: str, *, force: bool = False) -> str:
             raise ArtifactError(
                 f"not enough space in {dest}: need {need} bytes, {free} free", path=dest
             )
+        remove_leftovers(dest, tag)
         partial = tempfile.mkdtemp(dir=dest, prefix=f".{tag}.partial-")
         try:
             _extract_members(tar, members, os.path.realpath(partial))
@@ -318,6 +319,20 @@ def extract(tarball: str, dest: str, tag: str, *, force: bool = False) -> str:
                 raise ArtifactError(f"extracting to {dest} failed: {exc}", path=dest) from exc
             raise
     return final
+
+
+def remove_leftovers(dest: str, tag: str) -> list[str]:
+    """Remove ``dest/.<tag>.partial-*`` and ``dest/.<tag>.old-*`` left by a killed extraction.
+
+    Only this tag's names are touched, and only directly inside ``dest``; one
+    agent per tag and host runs at a time (its PID file sees to that).
+    """
+    removed = []
+    for name in os.listdir(dest):
+        if name.startswith((f".{tag}.partial-", f".{tag}.old-")):
+            _remove_quietly(os.path.join(dest, name))
+            removed.append(name)
+    return removed
 
 
 def _extract_members(tar: tarfile.TarFile, members: list[tarfile.TarInfo], root: str) -> None:
