@@ -38,6 +38,9 @@ from fabmurder.remote import QUIET, failure_reason, host_name
 
 #: distributions the host side imports, besides fabmurder itself
 HOST_DEPENDENCIES = ("libtorrent", "bencode.py")
+#: shipped to run the install (``python pip.whl/pip install ...``), not installed:
+#: a venv made without pip skips ensurepip, most of a first install's time
+INSTALLER = "pip"
 MIN_PYTHON = (3, 11)
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -162,7 +165,8 @@ def wheel_set(s: Settings) -> WheelSet:
         cache.mkdir(parents=True, exist_ok=True)
         build = cache / "self"
         build.mkdir(exist_ok=True)
-        paths = [build_self_wheel(build)] + [repack_installed(n, cache) for n in HOST_DEPENDENCIES]
+        names = (*HOST_DEPENDENCIES, INSTALLER)
+        paths = [build_self_wheel(build)] + [repack_installed(n, cache) for n in names]
     digest = hashlib.sha256()
     for path in paths:
         digest.update(path.name.encode() + b"\0")
@@ -170,9 +174,9 @@ def wheel_set(s: Settings) -> WheelSet:
     return WheelSet(tuple(paths), digest.hexdigest())
 
 
-def _python_check(python: str) -> str:
+def _python_check(python: str, modules: str) -> str:
     want = ", ".join(str(n) for n in MIN_PYTHON)
-    code = f"import sys, venv, ensurepip; sys.exit(0 if sys.version_info >= ({want}) else 3)"
+    code = f"import sys, {modules}; sys.exit(0 if sys.version_info >= ({want}) else 3)"
     return f"{shlex.quote(python)} -c {shlex.quote(code)}"
 
 
@@ -188,14 +192,17 @@ def install_host(conn: Connection, s: Settings, wheels: WheelSet) -> str:
     probe = conn.run(f"test -x {venv_py} && cat {shlex.quote(stamp)} 2>/dev/null || true", **QUIET)
     if probe.stdout.strip() == wheels.digest:
         return "up to date"
-    check = conn.run(_python_check(s.python), **QUIET)
+    installer = next((p for p in wheels.paths if p.name.startswith(f"{INSTALLER}-")), None)
+    payload = [p for p in wheels.paths if p != installer]
+    modules = "venv" if installer else "venv, ensurepip"
+    check = conn.run(_python_check(s.python, modules), **QUIET)
     if check.exited != 0:
         version = "not found" if check.exited == 127 else failure_reason(check)
         raise HostError(
             host,
             f"no usable Python: {s.python!r} must be Python >= "
-            f"{'.'.join(map(str, MIN_PYTHON))} with the venv and ensurepip modules "
-            f"({version}); set murder.python",
+            f"{'.'.join(map(str, MIN_PYTHON))} with the {modules.replace(', ', ' and ')} "
+            f"module{'s' if installer is None else ''} ({version}); set murder.python",
             check,
         )
     wheel_dir = f"{s.remote_path}/wheels"
@@ -206,12 +213,17 @@ def install_host(conn: Connection, s: Settings, wheels: WheelSet) -> str:
     )
     for path in wheels.paths:
         conn.put(str(path), remote=f"{wheel_dir}/{path.name}")
-    names = " ".join(shlex.quote(f"{wheel_dir}/{p.name}") for p in wheels.paths)
-    make_venv = f"{shlex.quote(s.python)} -m venv {shlex.quote(s.remote_path + '/venv')}"
+    names = " ".join(shlex.quote(f"{wheel_dir}/{p.name}") for p in payload)
+    venv = f"{shlex.quote(s.python)} -m venv {shlex.quote(s.remote_path + '/venv')}"
+    if installer:
+        venv += " --without-pip"
+        pip = f"{venv_py} {shlex.quote(f'{wheel_dir}/{installer.name}/pip')}"
+    else:
+        pip = f"{venv_py} -m pip"
     _checked(
         conn,
-        f"(test -x {venv_py} || {make_venv})"
-        f" && {venv_py} -m pip --isolated --disable-pip-version-check install --quiet --no-compile"
+        f"(test -x {venv_py} || {venv})"
+        f" && {pip} --isolated --disable-pip-version-check install --quiet --no-compile"
         f" --no-index --no-deps --force-reinstall --find-links {shlex.quote(wheel_dir)} {names}"
         f" && {venv_py} -m fabmurder --help >/dev/null",
         "installing the agent",
