@@ -299,6 +299,9 @@ def test_stop_tasks_leave_no_fabmurder_process_on_any_host(
     pipeline.start_seeding(c)
     running = agent_processes(fleet, fleet.hosts[0])
     assert any(" tracker " in p for p in running) and any(" seed " in p for p in running)
+    report = pipeline.peer_download(c)  # the step on its own: torrent and digest from the seeder
+    assert report.failures == {} and len(report.succeeded) == 8
+    assert manifest(fleet, fleet.hosts[5], f"{DEST}/r4") == release
 
     stopped = []
     for stop in (pipeline.stop_peering, pipeline.stop_seeding, pipeline.stop_tracker):
