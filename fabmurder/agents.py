@@ -137,7 +137,8 @@ def stop_daemons(run: Run, hosts: Iterable[str], stem: str, tag: str | None) -> 
             f"{Path(r['pid_file'] or '?').name} pid {r['pid']}" for r in value if r.get("stopped")
         ]
         message = f"stopped {', '.join(what)}" if what else f"no {stem} running"
-        run.emit(Event("host", message, host, {"ok": True, "stopped": value}))
+        data = {"ok": True, "stopped": value, "quiet": run.quiet}
+        run.emit(Event("host", message, host, data))
     return result
 
 

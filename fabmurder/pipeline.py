@@ -273,10 +273,14 @@ def _finish(run: Run, peers: list[str], info_hash: str | None) -> None:
     s = run.s
     alive = [h for h in peers if h not in run.unreachable]
     run.phase("stopping seeding and peering, cleaning temp files")
+    run.quiet = True
     try:
-        if s.seeder:
-            stop_daemons(run, [s.seeder], "seed", s.tag)
-        stop_daemons(run, alive, "peer", s.tag)
+        stopped = 0
+        for hosts, stem in (([s.seeder] if s.seeder else [], "seed"), (alive, "peer")):
+            result = stop_daemons(run, hosts, stem, s.tag)
+            for value in result.succeeded.values():
+                stopped += sum(1 for record in value if record.get("stopped"))
+        run.phase(f"stopped {stopped} daemon(s)")
         clean(run, [h for h in [s.seeder, *alive] if h], s.tag)
         if info_hash:
             register(run, info_hash, add=False)

@@ -46,7 +46,7 @@ class Renderer:
             if event.data.get("ok") is False:
                 reason = event.data.get("reason") or event.message
                 self._line(f"[{event.host}] {reason}", self.err)
-            elif event.message not in ("installed",):
+            elif not event.data.get("quiet") and event.message != "installed":
                 self._line(f"[{event.host}] {event.message}", self.out)
 
     def _line(self, text: str, stream: IO[str]) -> None:

@@ -19,7 +19,8 @@ class Event:
 
     ``kind`` is one of ``"phase"`` (a step began: ``message`` says which),
     ``"host"`` (a host finished or failed: ``host``, ``data["ok"]``,
-    ``data["reason"]``), ``"progress"`` (``data`` holds ``done``,
+    ``data["reason"]``; ``data["quiet"]`` marks routine news a renderer may
+    leave out on a large fleet), ``"progress"`` (``data`` holds ``done``,
     ``failed``, ``total``, ``bytes``, ``bytes_total`` and, with fabmurder's
     own tracker, ``swarm``: the tracker's stats of this torrent), or
     ``"warning"``.

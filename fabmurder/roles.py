@@ -37,6 +37,8 @@ class Run:
     emit: EventCallback
     addresses: dict[str, str] = field(default_factory=dict)
     unreachable: dict[str, str] = field(default_factory=dict)
+    #: per-host "ok" events are routine (a renderer may leave them out)
+    quiet: bool = False
 
     def conn(self, host: str) -> Connection:
         return self.pool.get(host)
@@ -133,11 +135,15 @@ def install_agent(run: Run, hosts: Iterable[str]) -> dict[str, str]:
         run.pool.fan_out(hosts, lambda conn: install.install_host(conn, run.s, wheels))
     )
     failures = {}
+    counts: dict[str, int] = {}
     for host, value in result.items():
         if isinstance(value, BaseException):
             failures[host] = failure_reason(value)
         else:
-            run.emit(Event("host", f"agent {value}", host, {"ok": True}))
+            counts[value] = counts.get(value, 0) + 1
+            run.emit(Event("host", f"agent {value}", host, {"ok": True, "quiet": True}))
+    if counts:
+        run.phase("agent: " + ", ".join(f"{n} {what}" for what, n in sorted(counts.items())))
     return failures
 
 

@@ -40,3 +40,13 @@ def test_byte_counts_read_as_people_write_them() -> None:
     assert [human_bytes(n) for n in (0, 1023, 1536, 5 * 2**30)] == [
         "0 B", "1023 B", "1.5 KiB", "5.0 GiB",
     ]  # fmt: skip
+
+
+def test_routine_per_host_news_stays_out_of_the_output_but_failures_never_do() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    render = Renderer(out=out, err=err)
+    render(Event("host", "agent up to date", "web1", {"ok": True, "quiet": True}))
+    render(Event("host", "tracker started (pid 9)", "build", {"ok": True}))
+    render(Event("host", "failed", "web2", {"ok": False, "reason": "disk full", "quiet": True}))
+    assert out.getvalue() == "[build] tracker started (pid 9)\n"
+    assert err.getvalue() == "[web2] disk full\n"
