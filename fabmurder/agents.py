@@ -59,6 +59,7 @@ def tracker_urls(run: Run) -> tuple[str, str | None]:
 
 
 def start_tracker_daemon(run: Run) -> str:
+    """Start fabmurder's tracker on the tracker host, detached; say whether it already ran."""
     s = run.s
     assert s.tracker
     addr = run.addresses[s.tracker]
@@ -109,6 +110,7 @@ def stop_daemons(run: Run, hosts: Iterable[str], stem: str, tag: str | None) -> 
     )
 
     def stop_all(conn: Connection) -> list[dict[str, Any]]:
+        """Stop the matching daemons on one host; return ``daemon stop``'s records."""
         result = shell(conn, command, f"stopping {stem}", timeout=120)
         stopped: list[dict[str, Any]] = []
         pid_file = None
@@ -148,6 +150,7 @@ def valid_tag(tag: str | None) -> str | None:
 
 
 def clean(run: Run, hosts: Iterable[str], tag: str | None) -> GroupResult:
+    """Remove the temp files of ``tag`` (or all idle ones) and any upload on ``hosts``."""
     s = run.s
     args = ["--temp-path", s.temp_path] + (["--tag", tag] if tag else [])
     command = f"test -x {quote(s.agent_python)} || exit 0; " + agent_command(s, "clean", *args)
@@ -161,6 +164,7 @@ def clean(run: Run, hosts: Iterable[str], tag: str | None) -> GroupResult:
 
 
 def start_seed(run: Run) -> int | None:
+    """Start seeding the run's release on the seeder, detached; return its PID."""
     s = run.s
     assert s.seeder
     args: list[object] = [
@@ -181,6 +185,7 @@ def start_seed(run: Run) -> int | None:
 
 
 def rate_args(s: Settings, download: bool) -> list[object]:
+    """Return the rate-limit and libtorrent-settings arguments of an agent."""
     args: list[object] = []
     if s.upload_rate_limit:
         args += ["--upload-rate-limit", s.upload_rate_limit]
@@ -192,6 +197,7 @@ def rate_args(s: Settings, download: bool) -> list[object]:
 
 
 def start_peer(run: Run, conn: Connection, torrent: Path, sha256: str) -> int | None:
+    """Copy the torrent to one peer and start its agent, detached; return its PID."""
     s = run.s
     assert s.destination_path and s.seeder
     host = run.pool.host_of(conn)

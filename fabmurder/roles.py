@@ -41,9 +41,11 @@ class Run:
     quiet: bool = False
 
     def conn(self, host: str) -> Connection:
+        """Return the run's connection to ``host``."""
         return self.pool.get(host)
 
     def phase(self, message: str) -> None:
+        """Tell the callback a step began."""
         self.emit(Event("phase", message))
 
     def allow_args(self) -> list[str]:
@@ -63,11 +65,13 @@ class Run:
 
 
 def open_run(c: Any, on_event: EventCallback | None, **overrides: Any) -> Run:
+    """Resolve the settings and open a run (its connections open lazily)."""
     s = settings(c, **overrides)
     return Run(s, Pool(c.config, s.parallel), on_event or ignore)
 
 
 def shell(conn: Connection, command: str, what: str, timeout: float | None = None) -> Any:
+    """Run a shell command on ``conn``; raise HostError naming ``what`` if it fails."""
     result = conn.run(command, timeout=timeout, **QUIET)
     if result.exited != 0:
         raise HostError(host_name(conn), f"{what}: {failure_reason(result)}", result)
@@ -75,6 +79,7 @@ def shell(conn: Connection, command: str, what: str, timeout: float | None = Non
 
 
 def quote(path: str) -> str:
+    """Quote one word for the remote shell."""
     return shlex.quote(path)
 
 
@@ -92,7 +97,8 @@ def probe(run: Run, hosts: Iterable[str], check_dest: Iterable[str] = ()) -> dic
     hosts = [h for h in hosts if h not in run.addresses]
     check = set(check_dest)
 
-    def probe(conn: Connection) -> dict[str, str]:
+    def read(conn: Connection) -> dict[str, str]:
+        """Read one host's address (and whether the release exists) over SSH."""
         command = 'printf "addr=%s\\n" "${SSH_CONNECTION:-}"'
         if run.pool.host_of(conn) in check and dest:
             command += (
@@ -102,7 +108,7 @@ def probe(run: Run, hosts: Iterable[str], check_dest: Iterable[str] = ()) -> dic
         return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
 
     failures: dict[str, str] = {}
-    for host, value in run.pool.by_host(run.pool.fan_out(hosts, probe)).items():
+    for host, value in run.pool.by_host(run.pool.fan_out(hosts, read)).items():
         if isinstance(value, BaseException):
             failures[host] = failure_reason(value)
             run.unreachable[host] = failures[host]
@@ -116,6 +122,7 @@ def probe(run: Run, hosts: Iterable[str], check_dest: Iterable[str] = ()) -> dic
 
 
 def resolve(hostname: str) -> str:
+    """Return an address for ``hostname`` as this machine resolves it (a fallback)."""
     try:
         return str(socket.getaddrinfo(hostname, None)[0][4][0])
     except OSError:
@@ -123,6 +130,7 @@ def resolve(hostname: str) -> str:
 
 
 def require_reachable(run: Run, failures: dict[str, str], *hosts: str | None) -> None:
+    """Raise HostError for the first of ``hosts`` that is in ``failures``."""
     for host in hosts:
         if host and host in failures:
             raise HostError(host, failures[host])
@@ -148,6 +156,7 @@ def install_agent(run: Run, hosts: Iterable[str]) -> dict[str, str]:
 
 
 def ensure_agent(run: Run, hosts: Iterable[str]) -> None:
+    """Install the agent on ``hosts`` where needed; raise HostError if any fails."""
     failures = install_agent(run, hosts)
     if failures:
         host, reason = next(iter(failures.items()))

@@ -39,6 +39,7 @@ class Watch:
 
 
 def read_status(run: Run, conn: Connection, pid: int | None) -> tuple[dict[str, Any] | None, bool]:
+    """Return one peer's status file (None if unreadable yet) and whether its agent lives."""
     s = run.s
     status_file = s.tmp(f"peer-{s.tag}.status.json")
     command = f"cat -- {quote(status_file)} 2>/dev/null; echo; echo '#'"
@@ -54,6 +55,7 @@ def read_status(run: Run, conn: Connection, pid: int | None) -> tuple[dict[str, 
 
 
 def log_tail(run: Run, host: str) -> str:
+    """Return the last line of a peer agent's log, for a failure reason."""
     s = run.s
     try:
         out = run.conn(host).run(
@@ -68,6 +70,7 @@ def log_tail(run: Run, host: str) -> str:
 def apply_status(
     w: Watch, status: dict[str, Any] | None, alive: bool, now: float, run: Run
 ) -> None:
+    """Update a peer's report from its status file and liveness."""
     r = w.report
     if status:
         r.state = str(status.get("state", r.state))
@@ -189,6 +192,7 @@ def pause(seconds: float, futures: Sequence[Future[Any] | None]) -> None:
 
 
 def swarm_stats(future: Future[Any], info_hash: str | None) -> dict[str, Any] | None:
+    """Return the tracker's stats of this torrent from a finished stats poll, or None."""
     try:
         data = future.result()
     except Exception:  # the tracker's numbers are decoration; peers' status files decide
