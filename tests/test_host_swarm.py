@@ -231,7 +231,9 @@ def test_three_peers_download_verify_and_install_identical_trees(
     assert time.monotonic() - began < 25
     for peer in peers:
         assert tree_signature(peer.dest / release.tag) == tree_signature(release.src)
-        assert sorted(os.listdir(peer.dest)) == [release.tag]
+        # the marker next to the release records the artifact it came from
+        assert sorted(os.listdir(peer.dest)) == [f".{release.tag}.sha256", release.tag]
+        assert (peer.dest / f".{release.tag}.sha256").read_text() == release.sha256 + "\n"
         status = peer.status()
         assert status["state"] == "stopped" and status["installed"] is True
         assert status["error"] is None

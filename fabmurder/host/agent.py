@@ -26,6 +26,11 @@ STATUS_INTERVAL = 0.5
 ALERT_WAIT_MS = 250
 #: how long a listen socket may take to open
 LISTEN_TIMEOUT = 10.0
+#: how often an agent re-announces while the tracker answers: a tracker that
+#: died and came back (with no state) learns the swarm again within this time
+REANNOUNCE_INTERVAL = 10.0
+#: how often it retries while the tracker does not answer
+REANNOUNCE_RETRY = 2.0
 #: libtorrent's request unit: every block is 16 KiB except a piece's last one
 BLOCK_SIZE = 16 * 1024
 
@@ -130,6 +135,9 @@ class Agent:
         self.flushes_after_finish = 0
         #: (leechers, when) from the last scrape reply not yet looked at
         self.scrape: tuple[int, float] | None = None
+        #: the tracker's last announce or scrape failed; when to announce next
+        self.tracker_lost = False
+        self.next_announce = time.monotonic() + REANNOUNCE_INTERVAL
 
     # -- status file ---------------------------------------------------
 
@@ -223,10 +231,31 @@ class Agent:
                 self.flushes_after_finish += 1
             elif isinstance(alert, lt.scrape_reply_alert):
                 self.scrape = (int(alert.incomplete), time.monotonic())
+            elif isinstance(alert, lt.tracker_reply_alert):
+                if self.tracker_lost:
+                    print("tracker: answering again", flush=True)
+                self.tracker_lost = False
             elif isinstance(alert, lt.tracker_error_alert | lt.scrape_failed_alert):
-                print(f"tracker: {alert.message()}", flush=True)
+                if not self.tracker_lost:
+                    print(f"tracker: {alert.message()}", flush=True)
+                self.tracker_lost = True
+                self.next_announce = min(self.next_announce, time.monotonic() + REANNOUNCE_RETRY)
+        self._reannounce()
         self.refresh()
         return alerts
+
+    def _reannounce(self) -> None:
+        """Announce again when due, so a restarted tracker (which keeps no state) is refilled.
+
+        The tracker's own interval is long (it is sized for the steady state
+        of a big fleet); libtorrent would not come back to a tracker that
+        died between two announces until that interval ran out.
+        """
+        now = time.monotonic()
+        if self.handle is None or now < self.next_announce or not self.handle.is_valid():
+            return
+        self.handle.force_reannounce()
+        self.next_announce = now + (REANNOUNCE_RETRY if self.tracker_lost else REANNOUNCE_INTERVAL)
 
     def wait_alert(self, kinds: tuple[type, ...], timeout: float, strict: bool = True) -> Any:
         """Pump alerts until one of ``kinds`` arrives; return it, or None after ``timeout``."""

@@ -27,6 +27,9 @@ from fabmurder.errors import ArtifactError
 #: bytes read at a time when hashing
 CHUNK = 1024 * 1024
 
+#: the marker next to a release that records the SHA-256 it was installed from
+MARKER_SUFFIX = ".sha256"
+
 #: mode bits a release may not carry: a deploy must not create setuid programs
 FORBIDDEN_MODE_BITS = stat.S_ISUID | stat.S_ISGID
 
@@ -270,7 +273,44 @@ def _check_tree_links(root: str) -> None:
                 )
 
 
-def extract(tarball: str, dest: str, tag: str, *, force: bool = False) -> str:
+def marker_path(dest: str, tag: str) -> str:
+    """Return the path of the marker that says ``dest/<tag>`` was installed by fabmurder."""
+    return os.path.join(dest, f".{tag}{MARKER_SUFFIX}")
+
+
+def installed_sha256(dest: str, tag: str) -> str | None:
+    """Return the SHA-256 recorded for the release ``dest/<tag>``, or None.
+
+    None means "not ours": the release is missing, or it exists but no
+    well-formed marker names the artifact it came from.
+    """
+    if not os.path.isdir(os.path.join(dest, tag)):
+        return None
+    try:
+        with open(marker_path(dest, tag), encoding="ascii") as fh:
+            text = fh.read(200).strip().lower()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        return None
+    return text
+
+
+def _write_marker(dest: str, tag: str, sha256: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{tag}.marker-")
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(sha256.strip().lower() + "\n")
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, marker_path(dest, tag))
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def extract(
+    tarball: str, dest: str, tag: str, *, force: bool = False, sha256: str | None = None
+) -> str:
     """Extract ``tarball`` to ``dest/<tag>`` atomically and return that path.
 
     The members are written into ``dest/.<tag>.partial-<random>``, checked
@@ -280,6 +320,9 @@ def extract(tarball: str, dest: str, tag: str, *, force: bool = False) -> str:
 
     :param force: replace an existing ``dest/<tag>`` (moved aside atomically,
         then removed).
+    :param sha256: the tarball's verified digest; recorded in the marker
+        ``dest/.<tag>.sha256`` once the release is in place, so that a rerun
+        can tell "installed by us from this artifact" from "someone else's".
     :raises ArtifactError: if the destination exists (without ``force``),
         the tarball is unreadable or hostile, or the disk is too small.
     """
@@ -308,7 +351,12 @@ def extract(tarball: str, dest: str, tag: str, *, force: bool = False) -> str:
         try:
             _extract_members(tar, members, os.path.realpath(partial))
             _check_tree_links(os.path.realpath(partial))
+            # The old marker goes first: a crash between the two renames must
+            # leave "not ours" (refused, needs force), never a wrong claim.
+            _remove_quietly(marker_path(dest, tag))
             _install(partial, final, force)
+            if sha256:
+                _write_marker(dest, tag, sha256)
         except BaseException as exc:
             _remove_quietly(partial)
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
@@ -322,14 +370,14 @@ def extract(tarball: str, dest: str, tag: str, *, force: bool = False) -> str:
 
 
 def remove_leftovers(dest: str, tag: str) -> list[str]:
-    """Remove ``dest/.<tag>.partial-*`` and ``dest/.<tag>.old-*`` left by a killed extraction.
+    """Remove ``dest/.<tag>.partial-*``, ``.old-*`` and ``.marker-*`` left by a killed extraction.
 
     Only this tag's names are touched, and only directly inside ``dest``; one
     agent per tag and host runs at a time (its PID file sees to that).
     """
     removed = []
     for name in os.listdir(dest):
-        if name.startswith((f".{tag}.partial-", f".{tag}.old-")):
+        if name.startswith((f".{tag}.partial-", f".{tag}.old-", f".{tag}.marker-")):
             _remove_quietly(os.path.join(dest, name))
             removed.append(name)
     return removed

@@ -61,6 +61,12 @@ def peer(agent: Agent) -> int:
     args = agent.args
     final = os.path.join(args.dest, args.tag)
     if os.path.lexists(final) and not args.force:
+        if artifact.installed_sha256(args.dest, args.tag) == args.sha256.strip().lower():
+            # A rerun: this very artifact is already in place, nothing to fetch.
+            agent.status.update(installed=True, installed_at=time.time(), done=agent.meta.size)
+            agent.set_state("stopped")
+            notify_ready()
+            return EXIT_OK
         raise ArtifactError(f"destination {final} already exists; use --force to replace it")
     started = time.monotonic()
     deadline = started + args.timeout
@@ -86,7 +92,7 @@ def peer(agent: Agent) -> int:
     tarball = os.path.join(args.save_path, agent.meta.name)
     _verify(agent, tarball)
     agent.set_state("extracting")
-    artifact.extract(tarball, args.dest, args.tag, force=args.force)
+    artifact.extract(tarball, args.dest, args.tag, force=args.force, sha256=args.sha256)
     agent.status["installed"] = True
     agent.status["installed_at"] = time.time()
     agent.set_state("seeding")
