@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from fabmurder.testing import fleet as fleet_mod
+from fabmurder.testing.deploykit import DeployKit
 
 FLEET_TOOLS = ("ip", "tc", "nsenter", "unshare", "setsid", "ssh-keygen", "/usr/sbin/sshd")
 
@@ -71,3 +72,20 @@ def fleet(require_root: None) -> Iterator[fleet_mod.Fleet]:
         yield running
     finally:
         fleet_mod.down(name)
+
+
+@pytest.fixture(scope="session")
+def kit(fleet: fleet_mod.Fleet, tmp_path_factory: pytest.TempPathFactory) -> DeployKit:
+    """Install the agent once on every fleet host, for the reliability tests' deploys."""
+    from invoke import Context
+
+    from fabmurder import install, pipeline
+    from fabmurder.config import settings
+
+    wheels = tmp_path_factory.mktemp("kit-wheels")
+    for path in install.wheel_set(settings(Context())).paths:
+        shutil.copy(path, wheels / path.name)
+    deploy_kit = DeployKit(fleet, str(wheels))
+    everyone = range(2, len(fleet.hosts) + 1)
+    pipeline.setup(deploy_kit.context(deploy_kit.murder(peers=everyone)))
+    return deploy_kit

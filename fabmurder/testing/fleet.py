@@ -113,6 +113,8 @@ class Fleet:
 
         It ignores ``~/.ssh/config``, so the fleet works the same whoever runs it,
         and does not forward local stdin (tests and benchmarks run without one).
+        Its SSH config names the fleet's ``known_hosts`` (``UserKnownHostsFile``),
+        so fabmurder's strict host-key checking knows the hosts' keys.
         """
         settings: dict[str, Any] = {
             "user": "root",
@@ -121,7 +123,10 @@ class Fleet:
             "run": {"in_stream": False},
         }
         settings.update(overrides)
-        return Config(overrides=settings, ssh_config=paramiko.SSHConfig())
+        ssh_config = paramiko.SSHConfig.from_text(
+            f"Host *\n    UserKnownHostsFile {self.known_hosts_path}\n"
+        )
+        return Config(overrides=settings, ssh_config=ssh_config)
 
     def connection(self, host: Host | str | int, strict: bool = True) -> Connection:
         """Return a Fabric connection to *host*; *strict* rejects any unknown host key."""
@@ -144,13 +149,18 @@ class Fleet:
 
         The file is JSON, which YAML parsers read too. It sets the key through
         ``connect_kwargs`` because ``ssh_config_path`` is not applied from a
-        runtime file. *extra* is merged in at the top level (e.g. ``murder``).
+        runtime file. *extra* is merged in at the top level (e.g. ``murder``);
+        ``murder.known_hosts`` names the fleet's host keys unless *extra* does.
         """
         settings: dict[str, Any] = {
             "user": "root",
             "connect_kwargs": self.connect_kwargs(),
             "timeouts": {"connect": 10},
             **(extra or {}),
+        }
+        settings["murder"] = {
+            "known_hosts": str(self.known_hosts_path),
+            **settings.get("murder", {}),
         }
         out = Path(path)
         out.write_text(json.dumps(settings, indent=2) + "\n")
