@@ -11,11 +11,12 @@ into ``destination_path/releases``), then :func:`publish`, then
 :func:`cleanup`. Each stage is a plain function taking a ``Context``, so a
 fabfile can call them one by one and put its own steps in between.
 
-Release order: a release's age is the time of its first line in
-``revisions.log``; a release that was never published falls back to its
-directory's modification time. Rollback goes to the newest release older
-than the current one; cleanup keeps the ``keep_releases`` newest and the
-one ``current`` points to.
+Release order: a release's age is when it landed, taken as the earlier of
+its first line in ``revisions.log`` and its directory's modification time
+(so a release that was never published still has an age, and publishing an
+old release again does not make it new). Rollback goes to the newest
+release older than the current one; cleanup keeps the ``keep_releases``
+newest and the one ``current`` points to.
 
 ``current`` is switched with rename(2): a new symlink is made beside it and
 renamed over it (``mv -T``), so readers always find a ``current``. Like the
@@ -37,6 +38,7 @@ from fabric import Connection
 from fabmurder import pipeline
 from fabmurder.config import Settings, murder_tree, settings
 from fabmurder.errors import ConfigError, DeployError
+from fabmurder.host.artifact import MARKER_SUFFIX
 from fabmurder.remote import failure_reason
 from fabmurder.report import DeployReport, Event, EventCallback
 from fabmurder.roles import POLL_TIMEOUT, Run, open_run, quote, shell
@@ -224,7 +226,8 @@ def remove_command(lay: Layout, tags: Iterable[str], token: str | None = None) -
         f"cd -- {quote(lay.releases)} || exit 0; "
         f'for t in {names}; do [ "$(readlink -- ../{CURRENT} 2>/dev/null)" = "{RELEASES}/$t" ]'
         ' && continue; { test -d "$t" && ! test -L "$t"; } || continue; '
-        f'mv -T -- "$t" ".$t.{suffix}" && rm -rf -- ".$t.{suffix}" && printf "%s\\n" "$t"; done; '
+        f'mv -T -- "$t" ".$t.{suffix}" && rm -rf -- ".$t.{suffix}" ".$t{MARKER_SUFFIX}" '
+        '&& printf "%s\\n" "$t"; done; '
         # a killed earlier cleanup leaves hidden trees behind: finish them
         'for x in .*.removing-*; do [ -d "$x" ] && rm -rf -- "$x"; done; exit 0'
     )
@@ -247,10 +250,14 @@ def parse_inspect(host: str, lay: Layout, stdout: str) -> HostReleases:
             revision = Revision.parse(rest)
             if revision is not None:
                 state.revisions.append(revision)
-    first: dict[str, tuple[float, int]] = {}
-    for index, revision in enumerate(state.revisions):
-        first.setdefault(revision.tag, (revision.epoch, index))
-    state.releases = sorted(mtimes, key=lambda tag: (*first.get(tag, (mtimes[tag], -1)), tag))
+    # Both the first log line and the directory's mtime come at or after the
+    # landing; the earlier of the two survives a late publish of an old
+    # release (a new log line) and a write into a release (a new mtime).
+    landed = dict(mtimes)
+    for revision in state.revisions:
+        if revision.tag in landed:
+            landed[revision.tag] = min(landed[revision.tag], revision.epoch)
+    state.releases = sorted(mtimes, key=lambda tag: (landed[tag], tag))
     target = state.current_target
     if target is not None:
         for prefix in (f"{RELEASES}/", f"{lay.releases}/"):
@@ -386,19 +393,25 @@ def publish(
     tag = validate_tag(str(given))
     run, lay = _open(c, on_event, {**overrides, "tag": tag})
     with run.pool:
-        states = _states(run, lay, _hosts(run, hosts))
-        missing = {
-            h: f"release {tag!r} is not in {lay.releases}"
-            for h, state in states.items()
-            if tag not in state.releases
-        }
-        if missing:
-            raise DeployError(
-                f"release {tag!r} is missing on {len(missing)} host(s); nothing was switched",
-                missing,
-            )
-        run.phase(f"pointing current at {tag} on {len(states)} host(s)")
-        return _switch(run, lay, dict.fromkeys(states, tag), states, action)
+        return _publish(run, lay, tag, _hosts(run, hosts), action)
+
+
+def _publish(
+    run: Run, lay: Layout, tag: str, hosts: list[str], action: str
+) -> dict[str, str | None]:
+    states = _states(run, lay, hosts)
+    missing = {
+        h: f"release {tag!r} is not in {lay.releases}"
+        for h, state in states.items()
+        if tag not in state.releases
+    }
+    if missing:
+        raise DeployError(
+            f"release {tag!r} is missing on {len(missing)} host(s); nothing was switched",
+            missing,
+        )
+    run.phase(f"pointing current at {tag} on {len(states)} host(s)")
+    return _switch(run, lay, dict.fromkeys(states, tag), states, action)
 
 
 def rollback(
@@ -462,16 +475,20 @@ def cleanup(
     count = keep_releases(c, keep if keep is not None else overrides.get("keep_releases"))
     run, lay = _open(c, on_event, overrides)
     with run.pool:
-        states = _states(run, lay, _hosts(run, hosts))
+        return _cleanup(run, lay, count, _hosts(run, hosts))
 
-        def remove(conn: Connection) -> list[str]:
-            doomed = states[run.pool.host_of(conn)].removable(count)
-            if not doomed:
-                return []
-            out = shell(conn, remove_command(lay, doomed), "removing old releases", timeout=600)
-            return [line for line in out.stdout.splitlines() if line.strip()]
 
-        result = run.pool.by_host(run.pool.fan_out(states, remove))
+def _cleanup(run: Run, lay: Layout, count: int, hosts: list[str]) -> dict[str, list[str]]:
+    states = _states(run, lay, hosts)
+
+    def remove(conn: Connection) -> list[str]:
+        doomed = states[run.pool.host_of(conn)].removable(count)
+        if not doomed:
+            return []
+        out = shell(conn, remove_command(lay, doomed), "removing old releases", timeout=600)
+        return [line for line in out.stdout.splitlines() if line.strip()]
+
+    result = run.pool.by_host(run.pool.fan_out(states, remove))
     failed: dict[str, str] = {}
     removed: dict[str, list[str]] = {}
     for host, value in result.items():
@@ -481,7 +498,7 @@ def cleanup(
             continue
         removed[host] = value
         message = f"removed {', '.join(value)}" if value else "no old release to remove"
-        run.emit(Event("host", message, host, {"ok": True, "removed": value}))
+        run.emit(Event("host", message, host, {"ok": True, "removed": value, "quiet": not value}))
     if failed:
         raise DeployError(f"cleanup failed on {len(failed)} host(s)", failed)
     return removed
@@ -516,12 +533,13 @@ def deploy(c: Any, *, on_event: EventCallback | None = None, **overrides: Any) -
     Layout.of(s)
     overrides["tag"] = s.tag
     report = distribute(c, on_event=on_event, **overrides)
-    hosts = report.succeeded
     published: dict[str, str | None] = {}
     removed: dict[str, list[str]] = {}
-    if hosts:
-        published = publish(c, hosts=hosts, on_event=on_event, action="deploy", **overrides)
-        removed = cleanup(c, keep, hosts=hosts, on_event=on_event, **overrides)
+    if report.succeeded:
+        run, lay = _open(c, on_event, overrides)
+        with run.pool:
+            published = _publish(run, lay, s.tag, report.succeeded, "deploy")
+            removed = _cleanup(run, lay, keep, report.succeeded)
     return Deployed(report, published, removed)
 
 

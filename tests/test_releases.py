@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -125,10 +126,12 @@ def test_removing_skips_current_symlinks_and_anything_outside_releases(
     assert (outside / "precious").read_text() == "x"
 
 
-def test_inspecting_orders_releases_by_first_log_line_then_by_mtime(lay: Layout) -> None:
+def test_inspecting_orders_releases_by_the_earlier_of_first_log_line_and_mtime(lay: Layout) -> None:
     releases = Path(lay.releases)
     (releases / ".v4.partial-abc").mkdir()
     os.utime(releases / "v1", (1000, 1000))  # never published: oldest by mtime
+    late = datetime(2026, 11, 26, 11, tzinfo=UTC).timestamp()
+    os.utime(releases / "v2", (late, late))  # written into after it landed
     lines = [
         "2026-11-26T10:00:03Z deploy v3 by bob@ctl",
         "garbage line",
