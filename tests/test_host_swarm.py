@@ -333,6 +333,29 @@ def test_a_peer_refuses_at_once_when_the_release_is_already_installed(
     assert os.listdir(existing) == ["old"]
 
 
+@pytest.mark.parametrize("recorded", ["same", "other"])
+def test_a_release_installed_from_the_same_artifact_is_kept_and_nothing_is_downloaded(
+    tmp_path: Path, tracker: Tracker, nodes: list[Node], recorded: str
+) -> None:
+    """A rerun: the marker names this artifact (exit 0, no seeder needed), or another (exit 1)."""
+    release = create_release(tmp_path, tracker)
+    addr = next_address()
+    dest = tmp_path / f"peer-{addr}" / "dest"
+    (dest / release.tag).mkdir(parents=True)
+    (dest / release.tag / "app").write_text("installed earlier")
+    digest = release.sha256 if recorded == "same" else "0" * 64
+    (dest / f".{release.tag}.sha256").write_text(digest + "\n")
+    peer = start_peer(nodes, tmp_path, release, None, addr=addr)
+    status = peer.status() if peer.wait(30) == 0 else None
+    if recorded == "same":
+        assert status is not None and status["installed"] is True, peer.output()
+        assert status["from_seeder"] == status["from_peers"] == 0
+    else:
+        assert peer.proc.returncode == 1
+        assert "already exists" in peer.status()["error"]
+    assert os.listdir(dest / release.tag) == ["app"]
+
+
 def test_a_peer_stopped_before_installing_exits_1_and_says_so(
     tmp_path: Path, tracker: Tracker, nodes: list[Node]
 ) -> None:
