@@ -46,6 +46,11 @@ Keys (all under ``murder``):
     setting overrides passed to the agents.
 ``poll_interval`` (1.0)
     seconds between two progress polls of the hosts.
+``strict_host_keys`` (True), ``known_hosts``
+    refuse a host whose SSH key is unknown or changed, checked against
+    ``known_hosts`` (a path or list; default the SSH config's
+    ``UserKnownHostsFile`` or ``~/.ssh/known_hosts``, plus
+    ``/etc/ssh/ssh_known_hosts``). False accepts any key, as Fabric does.
 """
 
 from __future__ import annotations
@@ -87,6 +92,8 @@ DEFAULTS: dict[str, Any] = {
     "piece_size": None,
     "libtorrent": {},
     "poll_interval": 1.0,
+    "strict_host_keys": True,
+    "known_hosts": None,
 }
 
 _INT_KEYS = (
@@ -135,6 +142,8 @@ class Settings:
     piece_size: int | None
     libtorrent: Mapping[str, Any] = field(default_factory=dict)
     poll_interval: float = 1.0
+    strict_host_keys: bool = True
+    known_hosts: tuple[str, ...] = ()
 
     @property
     def agent_python(self) -> str:
@@ -299,6 +308,15 @@ def settings(c: Any, **overrides: Any) -> Settings:
     piece = merged["piece_size"]
     values["piece_size"] = None if piece in (None, "", 0) else _number(piece, "piece_size", int)
     values["force"] = _bool(merged["force"], "force")
+    values["strict_host_keys"] = _bool(merged["strict_host_keys"], "strict_host_keys")
+    known = merged["known_hosts"]
+    if isinstance(known, str):
+        known = [known]
+    if known is not None and not (
+        isinstance(known, list | tuple) and all(isinstance(p, str) and p for p in known)
+    ):
+        raise ConfigError(f"murder.known_hosts must be a path or a list of paths, not {known!r}")
+    values["known_hosts"] = tuple(known or ())
 
     for key in ("tracker", "seeder"):
         host = merged[key]

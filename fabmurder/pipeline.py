@@ -273,7 +273,8 @@ def _finish(run: Run, peers: list[str], info_hash: str | None) -> None:
     s = run.s
     alive = [h for h in peers if h not in run.unreachable]
     run.phase("stopping seeding and peering, cleaning temp files")
-    run.quiet = True
+    # After an interruption every stop is news; after a normal end a summary will do.
+    run.quiet = not run.interrupted
     try:
         stopped = 0
         for hosts, stem in (([s.seeder] if s.seeder else [], "seed"), (alive, "peer")):
@@ -302,8 +303,12 @@ def distribute_files(
     :raises DeployError: with ``.failures`` (host -> reason) and ``.report``
         when more peers failed than allowed; the others keep their release.
     :raises HostError: when the seeder or tracker cannot be used.
-    :raises ConfigError: for missing or invalid settings, or when a peer
-        already holds the tag and ``force`` is not set.
+    :raises ConfigError: for missing or invalid settings.
+
+    A peer that already holds this very release (same SHA-256) at
+    ``destination_path/<tag>`` counts as installed and downloads nothing; a
+    peer holding another release under that tag fails without downloading,
+    unless ``force``.
     """
     run = open_run(c, on_event, **overrides)
     s = run.s
@@ -315,17 +320,11 @@ def distribute_files(
     with run.pool:
         run.phase(f"connecting to {len(s.role_hosts)} host(s)")
         own_tracker = None if s.tracker_url else s.tracker
-        probe_failures = probe(run, s.role_hosts, check_dest=s.peers)
+        # Whether a peer's destination already holds the tag is the peer
+        # agent's call: the same release counts as installed, another one is
+        # refused before anything is downloaded (unless force).
+        probe_failures = probe(run, s.role_hosts)
         require_reachable(run, probe_failures, s.seeder, own_tracker)
-        existing = {
-            h: r for h, r in probe_failures.items() if h in s.peers and h not in run.unreachable
-        }
-        if existing:
-            names = ", ".join(sorted(existing))
-            raise ConfigError(
-                f"release {s.tag!r} already exists on {names}; use --force to replace it",
-                key="force",
-            )
         for host, reason in probe_failures.items():
             if host in report.hosts:
                 report.hosts[host].reason = reason
@@ -351,6 +350,10 @@ def distribute_files(
             start_seed(run)
             if peers:
                 _download(run, peers, info, stats_url, report)
+        except KeyboardInterrupt:
+            run.emit(Event("warning", "interrupted: stopping every agent this run started"))
+            run.interrupted = True
+            raise
         finally:
             _finish(run, peers, info.get("info_hash"))
     report.seconds = time.monotonic() - began
@@ -383,7 +386,7 @@ def peer_download(
     report = DeployReport(tag=s.tag, hosts={h: HostReport(h) for h in s.peers})
     began = time.monotonic()
     with run.pool:
-        failures = probe(run, [s.seeder, *s.peers], check_dest=s.peers)
+        failures = probe(run, [s.seeder, *s.peers])
         require_reachable(run, failures, s.seeder)
         for host, reason in failures.items():
             if host in report.hosts:

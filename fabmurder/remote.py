@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shlex
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import paramiko
 from fabric import Connection
 from fabric.group import GroupResult
 
@@ -99,9 +101,17 @@ def run_agent(
 class Pool:
     """Connections to the hosts of one run, made once and reused."""
 
-    def __init__(self, config: Any, parallel: int = 32) -> None:
+    def __init__(
+        self,
+        config: Any,
+        parallel: int = 32,
+        strict_host_keys: bool = False,
+        known_hosts: tuple[str, ...] = (),
+    ) -> None:
         self.config = config
         self.parallel = max(1, int(parallel))
+        self.strict_host_keys = strict_host_keys
+        self.known_hosts = known_hosts
         self._connections: dict[str, Connection] = {}
         self._names: dict[int, str] = {}
         self._lock = threading.Lock()
@@ -122,9 +132,28 @@ class Pool:
                 timeouts = self.config.get("timeouts") or {}
                 timeout = timeouts.get("connect") or CONNECT_TIMEOUT
                 conn = Connection(host, config=self.config, connect_timeout=timeout)
+                if self.strict_host_keys:
+                    self._check_host_keys(conn)
                 self._connections[host] = conn
                 self._names[id(conn)] = host
             return conn
+
+    def _check_host_keys(self, conn: Connection) -> None:
+        """Make ``conn`` refuse a host whose key is unknown or has changed.
+
+        Fabric accepts any key by default (auto-add); here the known hosts
+        are loaded and unknown keys rejected before the first command runs.
+        """
+        paths = list(self.known_hosts)
+        if not paths:
+            configured = str(conn.ssh_config.get("userknownhostsfile") or "")
+            paths = configured.split() or ["~/.ssh/known_hosts"]
+            paths.append("/etc/ssh/ssh_known_hosts")
+        for path in paths:
+            expanded = os.path.expanduser(path)
+            if os.path.isfile(expanded):
+                conn.client.load_host_keys(expanded)
+        conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
 
     def host_of(self, conn: Connection) -> str:
         """Return the host string ``conn`` was made from (with its user and port)."""
@@ -174,4 +203,3 @@ class _Failed:
 
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
-

@@ -39,6 +39,8 @@ class Run:
     unreachable: dict[str, str] = field(default_factory=dict)
     #: per-host "ok" events are routine (a renderer may leave them out)
     quiet: bool = False
+    #: set when the run was interrupted (Ctrl-C) and is cleaning up
+    interrupted: bool = False
 
     def conn(self, host: str) -> Connection:
         """Return the run's connection to ``host``."""
@@ -67,7 +69,8 @@ class Run:
 def open_run(c: Any, on_event: EventCallback | None, **overrides: Any) -> Run:
     """Resolve the settings and open a run (its connections open lazily)."""
     s = settings(c, **overrides)
-    return Run(s, Pool(c.config, s.parallel), on_event or ignore)
+    pool = Pool(c.config, s.parallel, s.strict_host_keys, s.known_hosts)
+    return Run(s, pool, on_event or ignore)
 
 
 def shell(conn: Connection, command: str, what: str, timeout: float | None = None) -> Any:

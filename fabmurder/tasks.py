@@ -83,6 +83,8 @@ def _reported(fn: F) -> F:
             raise Exit("\n".join(lines), code=1) from None
         except MurderError as exc:
             raise Exit(f"murder: {exc}", code=1) from None
+        except KeyboardInterrupt:
+            raise Exit("murder: interrupted", code=130) from None
         finally:
             warnings.showwarning = shown
 

@@ -80,6 +80,10 @@ def apply_status(
         r.hash_failures = int(status.get("hash_failures") or 0)
         if status.get("installed"):
             r.ok = True
+            if not status.get("downloaded_at") and not r.from_seeder + r.from_peers:
+                # the agent found this very release in place: nothing was sent
+                r.state, r.bytes, r.seconds = "already installed", 0, 0.0
+                return
             started, installed = status.get("started_at"), status.get("installed_at")
             if isinstance(started, int | float) and isinstance(installed, int | float):
                 r.seconds = max(0.0, float(installed) - float(started))
@@ -158,8 +162,10 @@ def _collect(run: Run, w: Watch, now: float) -> None:
         return
     apply_status(w, status, alive, now, run)
     if w.report.finished:
-        data = {"ok": w.report.ok, "reason": w.report.reason, "report": w.report}
-        run.emit(Event("host", "installed" if w.report.ok else "failed", w.report.host, data))
+        r = w.report
+        message = r.state if r.state == "already installed" else "installed"
+        data = {"ok": r.ok, "reason": r.reason, "report": r, "quiet": r.ok}
+        run.emit(Event("host", message if r.ok else "failed", r.host, data))
 
 
 def _fail(run: Run, w: Watch, reason: str) -> None:

@@ -21,7 +21,7 @@ from invoke import Context
 
 from fabmurder import install, pipeline
 from fabmurder.config import settings
-from fabmurder.errors import ConfigError, DeployError
+from fabmurder.errors import DeployError
 from fabmurder.report import Event
 from fabmurder.testing.fleet import Fleet
 
@@ -80,6 +80,7 @@ def murder(fleet: Fleet, wheels: Path) -> dict[str, Any]:
     hosts = [h.host_string for h in fleet.hosts]
     return {
         "wheel_dir": str(wheels),
+        "known_hosts": str(fleet.known_hosts_path),
         "tracker": hosts[0],
         "seeder": hosts[0],
         "peers": hosts[1:9],
@@ -195,11 +196,28 @@ def test_a_release_tree_reaches_eight_peers_identical_in_bytes_and_modes(
     assert [p for p in agent_processes(fleet, fleet.hosts[0]) if "seed" in p] == []
 
 
-def test_the_same_tag_again_is_refused_and_nothing_is_touched(
+def test_the_same_release_again_is_found_installed_and_sent_to_nobody(
+    fleet: Fleet, murder: dict[str, Any], release: dict[str, Any], events: list[Event]
+) -> None:
+    report = pipeline.distribute_files(context(fleet, murder), tag="r1", on_event=events.append)
+    assert report.failures == {}
+    for host in report.hosts.values():
+        assert (host.state, host.bytes, host.from_seeder, host.from_peers) == (
+            "already installed", 0, 0, 0,
+        )  # fmt: skip
+    assert sum(1 for e in events if e.message == "already installed") == 8
+
+
+def test_another_release_under_a_tag_in_use_is_refused_and_nothing_is_touched(
     fleet: Fleet, murder: dict[str, Any], release: dict[str, Any]
 ) -> None:
-    with pytest.raises(ConfigError, match="already exists on .*--force"):
-        pipeline.distribute_files(context(fleet, murder), tag="r1")
+    fleet.run_in(fleet.hosts[0], ["sh", "-c", "mkdir -p /srv/other && echo other > /srv/other/f"])
+    other = {**murder, "files_path": "/srv/other"}
+    with pytest.raises(DeployError) as caught:
+        pipeline.distribute_files(context(fleet, other), tag="r1")
+    assert len(caught.value.failures) == 8
+    for reason in caught.value.failures.values():
+        assert "already exists; use --force to replace it" in reason, reason
     assert manifest(fleet, fleet.hosts[3], f"{DEST}/r1") == release
 
 

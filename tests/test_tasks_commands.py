@@ -179,3 +179,23 @@ def test_connections_get_a_connect_timeout_unless_the_fabric_config_sets_one() -
     pool = Pool(configured)
     assert pool.get("web1").connect_timeout == 5
     assert pool.get("web1") is pool.get("web1")  # one connection per host per run
+
+
+def test_strict_host_keys_load_the_known_hosts_and_reject_unknown_keys(tmp_path: Path) -> None:
+    import paramiko
+
+    known = tmp_path / "known_hosts"
+    known.write_text(
+        "web1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
+    )
+    strict = Pool(Context().config, strict_host_keys=True, known_hosts=(str(known),)).get("web1")
+    assert isinstance(strict.client._policy, paramiko.RejectPolicy)
+    assert "web1" in strict.client.get_host_keys()
+    lax = Pool(Context().config).get("web1")
+    assert isinstance(lax.client._policy, paramiko.AutoAddPolicy)
+
+
+def test_strict_host_keys_are_on_unless_switched_off() -> None:
+    assert settings(Context()).strict_host_keys is True
+    assert settings(Context(), strict_host_keys="false").strict_host_keys is False
+    assert settings(Context(), known_hosts="/k").known_hosts == ("/k",)
