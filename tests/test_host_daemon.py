@@ -145,6 +145,24 @@ def test_stop_never_signals_a_foreign_process_named_by_the_pid_file(
     assert not pid_file.exists()
 
 
+def test_stop_never_signals_a_process_that_merely_mentions_fabmurder(tmp_path: Path) -> None:
+    """An sshd configured under /run/fabmurder/ is not ours, whatever its PID file says."""
+    mention = ["-c", "import time; time.sleep(60)", "-f", "/run/fabmurder/fleet/sshd_config"]
+    other = subprocess.Popen([sys.executable, *mention])
+    try:
+        wait_until(lambda: "/run/fabmurder" in " ".join(daemon.proc_cmdline(other.pid)))
+        argv = daemon.proc_cmdline(other.pid)
+        pid_file = tmp_path / "tracker.pid"
+        record = {"pid": other.pid, "starttime": daemon.proc_starttime(other.pid), "argv": argv}
+        pid_file.write_text(json.dumps({**record, "role": "tracker"}))
+        result = json.loads(fab("daemon", "stop", "--pid-file", str(pid_file)).stdout)
+        assert result["stopped"] is False and "not ours" in result["reason"]
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_stop_never_signals_a_recycled_pid_of_a_fabmurder_process(tmp_path: Path) -> None:
     started, pid_file = start_tracker(tmp_path)
     pid = int(started["pid"])  # type: ignore[call-overload]

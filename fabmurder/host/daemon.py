@@ -82,18 +82,33 @@ def read_pid_file(path: str) -> dict[str, Any] | None:
     return record
 
 
+def is_agent_cmdline(argv: list[str]) -> bool:
+    """Return True if ``argv`` runs fabmurder's host side (``python -m fabmurder ...``).
+
+    A mere mention of "fabmurder" is not enough: an sshd whose config sits
+    under ``/run/fabmurder/`` or an editor on a fabmurder file is not ours.
+    """
+    return any(a == "-m" and b == "fabmurder" for a, b in zip(argv, argv[1:], strict=False))
+
+
 def is_ours(record: dict[str, Any] | None) -> bool:
     """Return True if the process named by a PID-file record is alive and is that very process.
 
-    The start time must match field 22 of ``/proc/<pid>/stat`` and the command
-    line must be a fabmurder one, so a recycled or forged PID never passes.
+    The start time must match field 22 of ``/proc/<pid>/stat``, the command
+    line must be a fabmurder agent's (``-m fabmurder``) and, when the record
+    holds one, equal to the recorded ``argv``: a recycled or forged PID never
+    passes.
     """
     if not record:
         return False
     pid = record["pid"]
     if proc_starttime(pid) != record["starttime"] or _is_zombie(pid):
         return False
-    return any("fabmurder" in part for part in proc_cmdline(pid))
+    argv = proc_cmdline(pid)
+    recorded = record.get("argv")
+    if isinstance(recorded, list) and recorded and recorded != argv:
+        return False
+    return is_agent_cmdline(argv)
 
 
 def _write_json_atomically(path: str, obj: Any) -> None:
