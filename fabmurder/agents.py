@@ -31,7 +31,7 @@ def tracker_token(run: Run) -> str:
     s = run.s
     assert s.tracker
     path = s.tmp("tracker.token")
-    wanted = s.tracker_token or secrets.token_urlsafe(18)
+    wanted = s.tracker_token or secrets.token_hex(16)
     tmp = quote(path + ".tmp")
     write = f"(umask 077 && printf %s {quote(wanted)} > {tmp} && mv {tmp} {quote(path)})"
     keep = "" if s.tracker_token else f"test -s {quote(path)} || "
@@ -67,7 +67,9 @@ def start_tracker_daemon(run: Run) -> str:
         run.conn(s.tracker), s, "daemon", "start",
         "--pid-file", s.tmp("tracker.pid"), "--log", s.tmp("tracker.log"), "--",
         "tracker", "--bind", addr, "--port", s.tracker_port,
-        "--allow-file", s.tmp("tracker.allow"), "--token", tracker_token(run),
+        "--allow-file", s.tmp("tracker.allow"),
+        # "=" keeps a configured token that starts with "-" from reading as an option
+        f"--token={tracker_token(run)}",
         ok=(0, 3),
     )  # fmt: skip
     state = "already running" if data["exit"] == 3 else f"started (pid {data.get('pid')})"
