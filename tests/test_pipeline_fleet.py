@@ -117,7 +117,7 @@ def release(fleet: Fleet, installed: float) -> dict[str, Any]:
 
 
 def manifest(fleet: Fleet, host: Any, path: str) -> dict[str, Any]:
-    out = fleet.run_in(host, [sys.executable, "-c", MANIFEST, path])
+    out = fleet.run_in(host, ["/usr/bin/python3", "-c", MANIFEST, path])
     result: dict[str, Any] = json.loads(out.stdout)
     return result
 
