@@ -17,7 +17,7 @@ def test_the_profile_turns_off_internet_discovery_and_utp_and_listens_on_one_add
     assert pack["listen_interfaces"] == "10.1.2.3:6881"
     assert pack["announce_ip"] == "10.1.2.3"
     assert pack["outgoing_interfaces"] == "10.1.2.3"
-    assert pack["allow_multiple_connections_per_ip"] is True
+    assert pack["allow_multiple_connections_per_ip"] is False  # bans must stick (tuning.md)
     assert pack["min_announce_interval"] <= 5
     assert pack["max_out_request_queue"] <= 32 and pack["max_allowed_in_request_queue"] <= 32
     assert pack["unchoke_slots_limit"] == -1
