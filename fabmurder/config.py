@@ -51,6 +51,10 @@ Keys (all under ``murder``):
     ``known_hosts`` (a path or list; default the SSH config's
     ``UserKnownHostsFile`` or ``~/.ssh/known_hosts``, plus
     ``/etc/ssh/ssh_known_hosts``). False accepts any key, as Fabric does.
+``keep_releases`` (5)
+    how many releases ``murder.cleanup`` (and ``murder.deploy``) keeps under
+    ``destination_path/releases``, besides the current one (read and checked
+    by :func:`fabmurder.releases.keep_releases`).
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ DEFAULTS: dict[str, Any] = {
     "poll_interval": 1.0,
     "strict_host_keys": True,
     "known_hosts": None,
+    "keep_releases": 5,
 }
 
 _INT_KEYS = (

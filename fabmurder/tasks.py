@@ -8,12 +8,14 @@ Add it to your fabfile with::
     ns = Collection()
     ns.add_collection(fabmurder.ns, name="murder")
 
-and run ``fab murder.distribute-files --tag v42``. Every task reads the
-``murder`` config subtree (see :mod:`fabmurder.config` for the keys); a
-flag given on the command line overrides the config for that run. The
-tasks are thin: each calls the function of the same name in
-:mod:`fabmurder.pipeline`, draws its progress and turns failures into a
-clean :class:`invoke.Exit`.
+and run ``fab murder.distribute-files --tag v42``, or ``fab murder.deploy``
+for the release layout (``releases/<tag>`` and a ``current`` symlink, with
+``murder.publish``, ``murder.rollback`` and ``murder.cleanup``). Every task
+reads the ``murder`` config subtree (see :mod:`fabmurder.config` for the
+keys); a flag given on the command line overrides the config for that run.
+The tasks are thin: each calls the function of the same name in
+:mod:`fabmurder.pipeline` or :mod:`fabmurder.releases`, draws its progress
+and turns failures into a clean :class:`invoke.Exit`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from fabric.group import GroupResult
 from invoke.collection import Collection
 from invoke.exceptions import Exit
 
-from fabmurder import pipeline
+from fabmurder import pipeline, releases
 from fabmurder.config import DEFAULTS, ConfigWarning
 from fabmurder.errors import DeployError, MurderError
 from fabmurder.progress import Renderer, table
@@ -263,11 +265,100 @@ def clean_temp_files(c: Any, tag: str | None = None) -> GroupResult:
     return result
 
 
+# -- the release layout: releases/<tag>, current, revisions.log ----------------------------------
+
+WHERE = "on the peers: the directory holding releases/ and current"
+KEEP = "how many releases cleanup keeps (default: murder.keep_releases, else 5)"
+DEPLOY_HELP: dict[str, str] = {
+    **RUN_HELP,
+    "destination_path": "on the peers: releases land in DESTINATION_PATH/releases/<tag>",
+    "keep_releases": KEEP,
+}
+
+
+@task(help=DEPLOY_HELP)
+@_reported
+def deploy(
+    c: Any,
+    tag: str | None = None,
+    files_path: str | None = None,
+    local_path: str | None = None,
+    destination_path: str | None = None,
+    force: bool = False,
+    timeout: str | None = None,
+    seed_after: str | None = None,
+    max_failed_peers: str | None = None,
+    upload_rate_limit: str | None = None,
+    download_rate_limit: str | None = None,
+    parallel: str | None = None,
+    keep_releases: str | None = None,
+) -> releases.Deployed:
+    """Distribute a release to releases/<tag>, point current at it, remove old releases."""
+    renderer = Renderer()
+    try:
+        done = releases.deploy(
+            c,
+            on_event=renderer,
+            **_overrides(
+                tag=tag,
+                files_path=files_path,
+                local_path=local_path,
+                destination_path=destination_path,
+                force=force,
+                timeout=timeout,
+                seed_after=seed_after,
+                max_failed_peers=max_failed_peers,
+                upload_rate_limit=upload_rate_limit,
+                download_rate_limit=download_rate_limit,
+                parallel=parallel,
+                keep_releases=keep_releases,
+            ),
+        )
+    finally:
+        renderer.close()
+    print(table(done.report), flush=True)
+    return done
+
+
+@task(help={"tag": "the release to switch to (required)", "destination_path": WHERE})
+@_reported
+def publish(c: Any, tag: str | None = None, destination_path: str | None = None) -> Any:
+    """Point current at releases/<tag> on every peer, atomically."""
+    return releases.publish(
+        c, tag, on_event=Renderer(), **_overrides(destination_path=destination_path)
+    )
+
+
+@task(help={"destination_path": WHERE})
+@_reported
+def rollback(c: Any, destination_path: str | None = None) -> Any:
+    """Point current back at the release before it on every peer."""
+    return releases.rollback(
+        c, on_event=Renderer(), **_overrides(destination_path=destination_path)
+    )
+
+
+@task(
+    help={
+        "keep_releases": KEEP,
+        "destination_path": WHERE,
+    }
+)
+@_reported
+def cleanup(c: Any, keep_releases: str | None = None, destination_path: str | None = None) -> Any:
+    """Remove old releases on every peer, keeping the newest few and the current one."""
+    return releases.cleanup(
+        c,
+        on_event=Renderer(),
+        **_overrides(keep_releases=keep_releases, destination_path=destination_path),
+    )
+
+
 @task(help={"raw": "print the raw JSON instead of a summary"})
 @_reported
 def status(c: Any, raw: bool = False) -> dict[str, Any]:
-    """Show tracker, seeder and peer state, per host."""
-    state = pipeline.status(c)
+    """Show each host's roles, fabmurder processes and releases, and the tracker's swarms."""
+    state = releases.status(c)
     if raw:
         print(json.dumps(state, indent=2, sort_keys=True))
         return state
@@ -295,11 +386,16 @@ def _describe(entry: dict[str, Any]) -> str:
         for name, d in sorted((status.get("daemons") or {}).items())
         if isinstance(d, dict) and d.get("alive")
     ]
-    releases = status.get("releases") or []
-    parts = [
-        f"running: {', '.join(daemons) or 'nothing'}",
-        f"releases: {', '.join(map(str, releases)) or 'none'}",
-    ]
+    parts = [f"running: {', '.join(daemons) or 'nothing'}"]
+    layout = entry.get("layout") or {}
+    if layout.get("error"):
+        parts.append(f"releases unreadable: {layout['error']}")
+    elif layout.get("current") or layout.get("releases"):
+        parts.append(f"current: {layout.get('current') or 'none'}")
+        parts.append(f"releases: {', '.join(layout.get('releases') or []) or 'none'}")
+    else:
+        flat = status.get("releases") or []
+        parts.append(f"releases: {', '.join(map(str, flat)) or 'none'}")
     if status.get("partials"):
         parts.append(f"partial: {', '.join(map(str, status['partials']))}")
     return "; ".join(parts)
@@ -317,5 +413,9 @@ ns = Collection(
     stop_peering,
     clean_temp_files,
     status,
+    deploy,
+    publish,
+    rollback,
+    cleanup,
 )
 ns.configure({"murder": copy.deepcopy(DEFAULTS)})

@@ -236,9 +236,10 @@ def test_the_example_fabfile_deploys_a_second_tag_through_the_real_fab_command(
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "release r2: 8 of 8 peer(s) ok" in out.stdout
+    # the example's deploy is murder.deploy: releases/<tag> and a current symlink
     for host in fleet.hosts[1:9]:
-        assert fleet.run_in(host, ["cat", f"{DEST}/LIVE"]).stdout == "r2\n"
-        assert manifest(fleet, host, f"{DEST}/r2") == release
+        assert fleet.run_in(host, ["cat", f"{DEST}/LIVE"]).stdout == "releases/r2\n"
+        assert manifest(fleet, host, f"{DEST}/releases/r2") == release
         assert manifest(fleet, host, f"{DEST}/r1") == release  # the first release is intact
 
 
@@ -258,7 +259,9 @@ def test_a_peer_that_is_down_fails_the_run_by_name_and_the_others_still_get_it(
     assert "1 of 8 peer(s) failed" in str(caught.value)
     for host in fleet.hosts[1:8]:
         assert manifest(fleet, host, f"{DEST}/r3") == release
-    assert listing(fleet, down, DEST) == ["LIVE", "r1", "r2"]
+    assert sorted(listing(fleet, down, DEST)) == [
+        "LIVE", "current", "r1", "releases", "revisions.log"
+    ]  # fmt: skip
 
 
 def test_a_build_on_the_control_machine_is_handed_to_the_seeder_with_local_path(

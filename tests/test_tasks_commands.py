@@ -105,7 +105,7 @@ def test_every_murder_task_is_in_the_collection_under_its_murder_name() -> None:
     assert set(fabmurder.ns.task_names) == {
         "distribute-files", "setup", "start-tracker", "stop-tracker", "create-torrent",
         "start-seeding", "stop-seeding", "peer-download", "stop-peering",
-        "clean-temp-files", "status",
+        "clean-temp-files", "status", "deploy", "publish", "rollback", "cleanup",
     }  # fmt: skip
 
 
