@@ -266,6 +266,7 @@ def _download(
     if watches:
         run.phase(f"downloading on {len(watches)} peer(s)")
         watch(run, watches, stats_url, info)
+        note_seeder_loss(run, report)
 
 
 def _finish(run: Run, peers: list[str], info_hash: str | None) -> None:
@@ -323,8 +324,9 @@ def distribute_files(
         # Whether a peer's destination already holds the tag is the peer
         # agent's call: the same release counts as installed, another one is
         # refused before anything is downloaded (unless force).
-        probe_failures = probe(run, s.role_hosts)
+        probe_failures = probe(run, s.role_hosts, check_dest=s.peers)
         require_reachable(run, probe_failures, s.seeder, own_tracker)
+        refuse_foreign(run)
         for host, reason in probe_failures.items():
             if host in report.hosts:
                 report.hosts[host].reason = reason
@@ -359,9 +361,10 @@ def distribute_files(
     report.seconds = time.monotonic() - began
     failures = report.failures
     if len(failures) > s.max_failed_peers:
+        lost = f"; {run.seeder_lost}" if run.seeder_lost else ""
         raise DeployError(
             f"{len(failures)} of {len(s.peers)} peer(s) failed "
-            f"(max_failed_peers is {s.max_failed_peers})",
+            f"(max_failed_peers is {s.max_failed_peers}){lost}",
             failures,
             report,
         )
@@ -386,8 +389,9 @@ def peer_download(
     report = DeployReport(tag=s.tag, hosts={h: HostReport(h) for h in s.peers})
     began = time.monotonic()
     with run.pool:
-        failures = probe(run, [s.seeder, *s.peers])
+        failures = probe(run, [s.seeder, *s.peers], check_dest=s.peers)
         require_reachable(run, failures, s.seeder)
+        refuse_foreign(run)
         for host, reason in failures.items():
             if host in report.hosts:
                 report.hosts[host].reason = reason
@@ -414,10 +418,59 @@ def peer_download(
             _download(run, peers, info, stats_url, report)
     report.seconds = time.monotonic() - began
     if len(report.failures) > s.max_failed_peers:
+        lost = f"; {run.seeder_lost}" if run.seeder_lost else ""
         raise DeployError(
-            f"{len(report.failures)} of {len(s.peers)} peer(s) failed", report.failures, report
+            f"{len(report.failures)} of {len(s.peers)} peer(s) failed{lost}",
+            report.failures,
+            report,
         )
     return report
+
+
+def refuse_foreign(run: Run) -> None:
+    """Refuse, before anything is written, a ``destination_path/<tag>`` fabmurder did not make.
+
+    A release the peer agent installed carries a marker beside it
+    (``.<tag>.sha256``); a tree without one is someone else's and is never
+    replaced without ``force``. Trees with a marker are the peer agent's
+    call: this very release counts as installed, another one is refused.
+
+    :raises ConfigError: naming the hosts.
+    """
+    s = run.s
+    foreign = sorted(h for h, digest in run.existing.items() if not digest)
+    if foreign and not s.force:
+        raise ConfigError(
+            f"{s.destination_path}/{s.tag} already exists on {', '.join(foreign)} and was not "
+            "installed by fabmurder; nothing was changed (use --force to replace it)",
+            key="force",
+        )
+
+
+def note_seeder_loss(run: Run, report: DeployReport) -> None:
+    """Name a dead seeder in the reasons of the peers that timed out, and in the run.
+
+    Peers that lose the seeder before the swarm holds every piece can only
+    time out; without this the cause would be one log away. Checked once,
+    after the wait and before the cleanup removes the seeder's PID file.
+    """
+    s = run.s
+    failed = [r for r in report.hosts.values() if r.reason and "timed out" in r.reason]
+    if not failed or not s.seeder or s.seeder in run.unreachable:
+        return
+    pid_file = s.tmp(f"seed-{s.tag}.pid")
+    try:
+        data = run_agent(run.conn(s.seeder), s, "daemon", "status", "--pid-file", pid_file)
+    except MurderError:
+        return
+    if data.get("alive") is not False or not data.get("pid"):
+        return
+    run.seeder_lost = (
+        f"the seeder's agent on {s.seeder} (pid {data['pid']}) died during the transfer"
+    )
+    run.emit(Event("warning", run.seeder_lost, s.seeder))
+    for r in failed:
+        r.reason = f"{r.reason}; {run.seeder_lost}"
 
 
 def _tracker_stats(run: Run, tracker: str) -> dict[str, Any]:

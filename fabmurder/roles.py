@@ -41,6 +41,11 @@ class Run:
     quiet: bool = False
     #: set when the run was interrupted (Ctrl-C) and is cleaning up
     interrupted: bool = False
+    #: peers where ``destination_path/<tag>`` exists -> the SHA-256 its marker
+    #: records, or "" when there is no marker (the tree is not fabmurder's)
+    existing: dict[str, str] = field(default_factory=dict)
+    #: why the seeder went away mid-transfer, when it did
+    seeder_lost: str | None = None
 
     def conn(self, host: str) -> Connection:
         """Return the run's connection to ``host``."""
@@ -104,8 +109,10 @@ def probe(run: Run, hosts: Iterable[str], check_dest: Iterable[str] = ()) -> dic
         """Read one host's address (and whether the release exists) over SSH."""
         command = 'printf "addr=%s\\n" "${SSH_CONNECTION:-}"'
         if run.pool.host_of(conn) in check and dest:
+            marker = f"{s.destination_path}/.{s.tag}.sha256"
             command += (
-                f"; if test -e {quote(dest)} || test -L {quote(dest)}; then echo exists=1; fi"
+                f"; if test -e {quote(dest)} || test -L {quote(dest)}; then echo exists=1; "
+                f'printf "marker=%s\\n" "$(head -c 64 {quote(marker)} 2>/dev/null)"; fi'
             )
         result = shell(conn, command, "probing the host", timeout=POLL_TIMEOUT)
         return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
@@ -119,8 +126,9 @@ def probe(run: Run, hosts: Iterable[str], check_dest: Iterable[str] = ()) -> dic
         fields = value.get("addr", "").split()
         address = fields[2] if len(fields) >= 3 else resolve(run.conn(host).host)
         run.addresses[host] = address
-        if value.get("exists") == "1" and not s.force:
-            failures[host] = f"{dest} already exists (use --force to replace it)"
+        if value.get("exists") == "1":
+            marker = value.get("marker", "").strip().lower()
+            run.existing[host] = marker if len(marker) == 64 else ""
     return failures
 
 

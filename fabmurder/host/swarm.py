@@ -61,13 +61,21 @@ def peer(agent: Agent) -> int:
     args = agent.args
     final = os.path.join(args.dest, args.tag)
     if os.path.lexists(final) and not args.force:
-        if artifact.installed_sha256(args.dest, args.tag) == args.sha256.strip().lower():
+        recorded = artifact.installed_sha256(args.dest, args.tag)
+        if recorded == args.sha256.strip().lower():
             # A rerun: this very artifact is already in place, nothing to fetch.
             agent.status.update(installed=True, installed_at=time.time(), done=agent.meta.size)
             agent.set_state("stopped")
             notify_ready()
             return EXIT_OK
-        raise ArtifactError(f"destination {final} already exists; use --force to replace it")
+        what = (
+            f"it holds another release, sha256 {recorded[:12]}..."
+            if recorded
+            else "it was not installed by fabmurder"
+        )
+        raise ArtifactError(
+            f"destination {final} already exists; use --force to replace it ({what})"
+        )
     started = time.monotonic()
     deadline = started + args.timeout
     agent.set_state("checking")
