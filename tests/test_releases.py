@@ -15,10 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from invoke import Context
+from invoke import Config, Context
 
+from fabmurder.config import DEFAULTS
 from fabmurder.errors import ConfigError
 from fabmurder.releases import (
+    KEEP_RELEASES,
     HostReleases,
     Layout,
     Revision,
@@ -173,7 +175,8 @@ def test_a_revision_line_round_trips() -> None:
 
 
 def test_keep_releases_comes_from_the_flag_then_the_config_then_five() -> None:
-    assert keep_releases(Context()) == 5
+    assert keep_releases(Context()) == KEEP_RELEASES == DEFAULTS["keep_releases"] == 5
+    assert keep_releases(Context(config=Config(overrides={"murder": {"keep_releases": "3"}}))) == 3
     assert keep_releases(Context(), "2") == 2
     with pytest.raises(ConfigError, match="keep_releases"):
         keep_releases(Context(), "0")

@@ -28,7 +28,7 @@ from fabmurder.errors import DeployError
 from fabmurder.testing.fleet import Fleet, Host
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = Path(os.environ.get("FABMURDER_EXAMPLES_DIR") or ROOT / "examples")
+EXAMPLES = ROOT / "examples"
 AGENT = "/srv/fabmurder/agent"
 TEMP = "/srv/fabmurder/tmp"
 BUILD = "/srv/build"
