@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 from invoke import Config, Context
+from invoke.exceptions import Exit
 
+from fabmurder import tasks
 from fabmurder.config import DEFAULTS
 from fabmurder.errors import ConfigError
 from fabmurder.releases import (
@@ -182,3 +184,17 @@ def test_keep_releases_comes_from_the_flag_then_the_config_then_five() -> None:
         keep_releases(Context(), "0")
     with pytest.raises(ConfigError, match="keep_releases"):
         keep_releases(Context(), "two")
+
+
+def test_the_publish_task_without_a_tag_exits_with_one_sentence() -> None:
+    with pytest.raises(Exit, match="publish needs a release tag: give --tag or set murder.tag"):
+        tasks.publish(Context())
+
+
+def test_the_status_line_of_a_peer_shows_its_current_release_and_releases() -> None:
+    entry = {
+        "roles": ["peer"],
+        "status": {"daemons": {"peer-v2": {"pid": 7, "alive": True}}, "releases": ["current"]},
+        "layout": {"current": "v2", "releases": ["v1", "v2"], "previous": "v1"},
+    }
+    assert tasks._describe(entry) == "running: peer-v2 (pid 7); current: v2; releases: v1, v2"

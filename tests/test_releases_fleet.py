@@ -245,6 +245,17 @@ def test_publish_and_rollback_switch_current_and_refuse_what_they_cannot_do(
     assert releases.publish(rel, "a2") == {a.host_string: "a1", b.host_string: "a1"}
     assert log_lines(fleet, a, REL)[-1].split()[1:3] == ["publish", "a2"]
 
+    # hosts that would land on different releases are refused, none switched
+    make_release(fleet, [a], "a3", stamp + 30)
+    releases.publish(rel, "a3", hosts=[a.host_string])
+    with pytest.raises(DeployError, match="different releases") as caught:
+        releases.rollback(rel)
+    assert caught.value.failures == {
+        a.host_string: "would roll back to 'a2'",
+        b.host_string: "would roll back to 'a1'",
+    }
+    assert [current(fleet, h, REL) for h in (a, b)] == ["releases/a3", "releases/a2"]
+
 
 def test_cleanup_keeps_the_newest_and_the_current_release_even_when_it_is_old(
     fleet: Fleet,
