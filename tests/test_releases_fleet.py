@@ -17,12 +17,13 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from invoke import Context
 
-from fabmurder import install, releases
+from fabmurder import install, pipeline, releases
 from fabmurder.config import settings
 from fabmurder.errors import DeployError
 from fabmurder.testing.fleet import Fleet, Host
@@ -33,8 +34,8 @@ AGENT = "/srv/fabmurder/agent"
 TEMP = "/srv/fabmurder/tmp"
 BUILD = "/srv/build"
 APP = "/srv/app"  # the example configs' destination_path
-REL = "/srv/rel"  # the function-layer tests' destination_path
-CLEAN = "/srv/rel-cleanup"  # the cleanup test's, so that no other test's releases count
+REL = "/srv/layout"  # the function-layer tests' destination_path
+CLEAN = "/srv/layout-cleanup"  # the cleanup test's, so that no other test's releases count
 
 MAKE_BUILD = r"""
 set -e
@@ -66,11 +67,18 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def build(fleet: Fleet) -> Host:
-    """Put a small build on the build host and return that host."""
+def build(fleet: Fleet) -> Iterator[Host]:
+    """Put a small build on the build host and return that host.
+
+    The deploys leave their tracker running, as they should; it is stopped
+    at the end, so that later tests find the tracker port free.
+    """
     host = fleet.hosts[0]
     fleet.run_in(host, ["sh", "-c", MAKE_BUILD, "make-build", BUILD, "1.0"])
-    return host
+    yield host
+    config = fleet.fabric_config()
+    config["murder"] = {"tracker": host.host_string, "remote_path": AGENT, "temp_path": TEMP}
+    pipeline.stop_tracker(Context(config=config))
 
 
 @pytest.fixture(scope="module")
