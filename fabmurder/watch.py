@@ -149,9 +149,12 @@ def _collect(run: Run, w: Watch, now: float) -> None:
     if w.future is None:
         return
     if not w.future.done():
-        if now - w.submitted > POLL_TIMEOUT:
+        # A host that cannot answer one status read in half the peer timeout
+        # has lost its link or its sshd: fail it now, not at the deadline.
+        hang = min(POLL_TIMEOUT, max(5.0, run.s.timeout / 2))
+        if now - w.submitted > hang:
             run.unreachable[w.report.host] = "no answer"
-            _fail(run, w, f"no answer for {POLL_TIMEOUT:.0f} s during the download")
+            _fail(run, w, f"no answer for {hang:.0f} s during the download")
         return
     future, w.future = w.future, None
     try:
