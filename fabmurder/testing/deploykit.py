@@ -84,6 +84,12 @@ class Background:
     def done(self) -> bool:
         return not self.thread.is_alive()
 
+    def check(self) -> None:
+        """Raise if the call has already ended: its exception, or a FleetError."""
+        if self.done():
+            self.result(0)
+            raise FleetError("the pipeline call ended before the awaited condition")
+
     def result(self, timeout: float) -> Any:
         """Wait up to ``timeout`` for the call and return its value, or raise its exception."""
         self.thread.join(timeout)
@@ -193,11 +199,21 @@ class DeployKit:
         return value if isinstance(value, dict) else None
 
     def wait_status(
-        self, host: Host | int, name: str, test: Callable[[dict[str, Any]], bool], timeout: float
+        self,
+        host: Host | int,
+        name: str,
+        test: Callable[[dict[str, Any]], bool],
+        timeout: float,
+        run: Background | None = None,
     ) -> dict[str, Any]:
-        """Wait until ``host``'s status file ``name`` satisfies ``test``; return it."""
+        """Wait until ``host``'s status file ``name`` satisfies ``test``; return it.
+
+        With ``run``, a pipeline call that ends first is an error (its own, if it raised).
+        """
 
         def check() -> dict[str, Any] | None:
+            if run is not None:
+                run.check()
             status = self.status(host, name)
             return status if status is not None and test(status) else None
 
@@ -254,7 +270,7 @@ class DeployKit:
         return bool(state) and state[state.rfind(")") + 2 :][:1] not in ("Z", "X", "")
 
     def agents(self, host: Host | int) -> list[str]:
-        """Return the command lines of fabmurder processes running inside ``host``."""
+        """Return the command lines of fabmurder agents (``-m fabmurder``) inside ``host``."""
         netns = self.fleet.host(host).netns
         pids = subprocess.run(
             ["ip", "netns", "pids", netns], capture_output=True, text=True, check=True
@@ -266,7 +282,7 @@ class DeployKit:
             except OSError:
                 continue  # it ended meanwhile
             text = " ".join(part.decode(errors="replace") for part in argv if part)
-            if "fabmurder" in text:
+            if " -m fabmurder " in text:
                 found.append(text)
         return found
 
@@ -277,7 +293,9 @@ class DeployKit:
         for line in out.splitlines():
             fields = line.split()
             if len(fields) >= 4 and ("python" in line or "fabmurder" in line):
-                found.append(fields[3])
+                # ss shows a socket bound to an address on one device as ADDR%DEV:PORT
+                addr, _, port = fields[3].rpartition(":")
+                found.append(f"{addr.partition('%')[0]}:{port}")
         return found
 
     def leftovers(self, host: Host | int, tag: str) -> dict[str, list[str]]:
