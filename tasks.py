@@ -131,6 +131,13 @@ def bench_tracker(c: Context) -> None:
         c.run(f"{PYTHON} -m benchmarks.tracker {passthrough()}".strip(), pty=False)
 
 
+@task(name="scaling")
+def bench_scaling(c: Context) -> None:
+    """Benchmark deploy time against N: swarm vs central push (python -m benchmarks.scaling)."""
+    with c.cd(str(ROOT)):
+        c.run(f"{PYTHON} -m benchmarks.scaling {passthrough()}".strip(), pty=False)
+
+
 fleet_ns = Collection("fleet")
 fleet_ns.add_task(fleet_up, name="up")
 fleet_ns.add_task(fleet_down, name="down")
@@ -138,5 +145,6 @@ fleet_ns.add_task(fleet_status, name="status")
 
 bench_ns = Collection("bench")
 bench_ns.add_task(bench_tracker)
+bench_ns.add_task(bench_scaling, default=True)
 
 ns = Collection(test, lint, docs, demo, fleet_ns, bench_ns)

@@ -216,6 +216,9 @@ def start_peer(run: Run, conn: Connection, torrent: Path, sha256: str) -> int | 
         "--seeder", run.addresses[s.seeder], *run.allow_args(),
     ]  # fmt: skip
     args += rate_args(s, download=True)
+    if host in s.peers and len(s.peers) > 1:
+        # Each peer asks the seeder for its own slice first (host-side stripe_priorities).
+        args += ["--stripe", f"{s.peers.index(host)}/{len(s.peers)}"]
     if s.force:
         args.append("--force")
     data = run_agent(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import tarfile
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ def start_tracker(c: Any, *, on_event: EventCallback | None = None, **overrides:
     run.s.require("tracker")
     assert run.s.tracker
     with run.pool:
-        announce, _ = tracker_urls(run)
+        announce, _ = tracker_urls(run, deploy=False)
         ensure_agent(run, [run.s.tracker])
         start_tracker_daemon(run)
     return announce
@@ -244,6 +245,27 @@ def _download(
     run: Run, peers: list[str], info: dict[str, Any], stats_url: str | None, report: DeployReport
 ) -> None:
     """Start the peer agents on ``peers`` and wait for them; fill ``report``."""
+    _wait_peers(run, _start_peers(run, peers, info, report), stats_url, info, report)
+
+
+def _wait_peers(
+    run: Run,
+    watches: dict[str, Watch],
+    stats_url: str | None,
+    info: dict[str, Any],
+    report: DeployReport,
+) -> None:
+    """Wait for the started peers to install the release or fail."""
+    if watches:
+        run.phase(f"downloading on {len(watches)} peer(s)")
+        watch(run, watches, stats_url, info)
+        note_seeder_loss(run, report)
+
+
+def _start_peers(
+    run: Run, peers: list[str], info: dict[str, Any], report: DeployReport
+) -> dict[str, Watch]:
+    """Start the peer agents on ``peers``; return the watch of each that started."""
     s = run.s
     assert s.seeder
     with tempfile.TemporaryDirectory(prefix="fabmurder-") as tmp:
@@ -263,10 +285,7 @@ def _download(
             run.emit(Event("host", "failed", host, {"ok": False, "reason": r.reason}))
             continue
         watches[host] = Watch(r, pid=value, started=started)
-    if watches:
-        run.phase(f"downloading on {len(watches)} peer(s)")
-        watch(run, watches, stats_url, info)
-        note_seeder_loss(run, report)
+    return watches
 
 
 def _finish(run: Run, peers: list[str], info_hash: str | None) -> None:
@@ -278,14 +297,20 @@ def _finish(run: Run, peers: list[str], info_hash: str | None) -> None:
     run.quiet = not run.interrupted
     try:
         stopped = 0
-        for hosts, stem in (([s.seeder] if s.seeder else [], "seed"), (alive, "peer")):
-            result = stop_daemons(run, hosts, stem, s.tag)
-            for value in result.succeeded.values():
-                stopped += sum(1 for record in value if record.get("stopped"))
-        run.phase(f"stopped {stopped} daemon(s)")
-        clean(run, [h for h in [s.seeder, *alive] if h], s.tag)
-        if info_hash:
-            register(run, info_hash, add=False)
+        seeders = [s.seeder] if s.seeder else []
+        jobs = [(hosts, stem) for hosts, stem in ((seeders, "seed"), (alive, "peer")) if hosts]
+        # The seeder and the peers stop at the same time, and the clean-up runs
+        # beside the tracker's deregistration: each is an SSH round trip that
+        # waits for a Python start, which was most of a small deploy's tail.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for result in pool.map(lambda job: stop_daemons(run, job[0], job[1], s.tag), jobs):
+                for value in result.succeeded.values():
+                    stopped += sum(1 for record in value if record.get("stopped"))
+            run.phase(f"stopped {stopped} daemon(s)")
+            cleaning = pool.submit(clean, run, [h for h in [s.seeder, *alive] if h], s.tag)
+            if info_hash:
+                register(run, info_hash, add=False)
+            cleaning.result()
     except MurderError as exc:
         run.emit(Event("warning", f"cleanup incomplete: {exc}"))
 
@@ -348,10 +373,13 @@ def distribute_files(
             if own_tracker:
                 run.phase("starting the tracker")
                 start_tracker_daemon(run)
+            # Peers first, seeder last: every peer is in the swarm when seeding
+            # starts, so each asks the seeder for its own slice (--stripe) and
+            # none gets a head start that makes the seeder send pieces twice.
+            watches = _start_peers(run, peers, info, report) if peers else {}
             run.phase("seeding")
             start_seed(run)
-            if peers:
-                _download(run, peers, info, stats_url, report)
+            _wait_peers(run, watches, stats_url, info, report)
         except KeyboardInterrupt:
             run.emit(Event("warning", "interrupted: stopping every agent this run started"))
             run.interrupted = True

@@ -8,6 +8,7 @@ The task layer renders both (:mod:`fabmurder.progress`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,13 +24,15 @@ class Event:
     leave out on a large fleet), ``"progress"`` (``data`` holds ``done``,
     ``failed``, ``total``, ``bytes``, ``bytes_total`` and, with fabmurder's
     own tracker, ``swarm``: the tracker's stats of this torrent), or
-    ``"warning"``.
+    ``"warning"``. ``at`` is the wall-clock time it happened, so a caller can
+    time each phase of a run.
     """
 
     kind: str
     message: str = ""
     host: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
+    at: float = field(default_factory=time.time)
 
 
 EventCallback = Callable[[Event], None]
@@ -52,6 +55,12 @@ class HostReport:
     from_seeder: int = 0
     from_peers: int = 0
     hash_failures: int = 0
+    #: the agent's own wall-clock times (process start, all pieces verified,
+    #: release installed) and CPU seconds, as its last status file said
+    started_at: float | None = None
+    downloaded_at: float | None = None
+    installed_at: float | None = None
+    cpu_seconds: float | None = None
 
     @property
     def finished(self) -> bool:

@@ -78,6 +78,10 @@ def apply_status(
         r.from_seeder = int(status.get("from_seeder") or 0)
         r.from_peers = int(status.get("from_peers") or 0)
         r.hash_failures = int(status.get("hash_failures") or 0)
+        for key in ("started_at", "downloaded_at", "installed_at", "cpu_seconds"):
+            value = status.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                setattr(r, key, float(value))
         if status.get("installed"):
             r.ok = True
             if not status.get("downloaded_at") and not r.from_seeder + r.from_peers:

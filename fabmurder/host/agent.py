@@ -125,6 +125,10 @@ class Agent:
             "downloaded_at": None,
             "installed_at": None,
             "updated_at": now,
+            # CPU seconds of the whole process and of the Python loop's own
+            # thread: the benchmark reports CPU per MiB and the agent's overhead.
+            "cpu_seconds": 0.0,
+            "loop_cpu_seconds": 0.0,
         }
         self.transfer = Transfer(getattr(args, "seeder", None))
         self.written_at = 0.0
@@ -148,6 +152,8 @@ class Agent:
             return
         self.written_at = now
         self.status["updated_at"] = time.time()
+        self.status["cpu_seconds"] = round(time.process_time(), 3)
+        self.status["loop_cpu_seconds"] = round(time.thread_time(), 3)
         write_status(self.args.status_file, self.status)
 
     def set_state(self, state: str, error: str | None = None) -> None:

@@ -29,6 +29,9 @@ SCRAPE_INTERVAL = 1.0
 NO_LEECHER_HOLD = 1.5
 #: how long libtorrent may take to write out a finished download
 FLUSH_TIMEOUT = 60.0
+#: libtorrent piece priorities: a peer's own slice first, the rest as usual
+STRIPE_PRIORITY = 7
+DEFAULT_PRIORITY = 4
 
 
 def seed(agent: Agent) -> int:
@@ -84,6 +87,8 @@ def peer(agent: Agent) -> int:
     while agent.checking() and not StopFlag.requested:
         agent.pump()
         _check_deadline(agent, deadline)
+    if args.stripe:
+        agent.handle.prioritize_pieces(stripe_priorities(agent.meta.num_pieces, *args.stripe))
     agent.set_state("downloading")
     # torrent_finished_alert first: polling handle.status() is a blocking call into
     # the network thread, so it is asked only once the download says it is done.
@@ -107,6 +112,31 @@ def peer(agent: Agent) -> int:
     _linger(agent, args.seed_after)
     agent.set_state("stopped")
     return EXIT_OK
+
+
+def stripe_priorities(num_pieces: int, index: int, count: int) -> list[int]:
+    """Return piece priorities that put peer ``index`` of ``count``'s own slice first.
+
+    At the start only the seeder holds anything, and peers that pick the
+    same pieces from it make it send those pieces twice. Given the top
+    priority for one slice each, the peers ask the seeder for different
+    pieces first and fetch the rest from each other (rarest first), so the
+    seeder sends each piece about once.
+    """
+    low = num_pieces * index // count
+    high = num_pieces * (index + 1) // count
+    return [STRIPE_PRIORITY if low <= i < high else DEFAULT_PRIORITY for i in range(num_pieces)]
+
+
+def parse_stripe(text: str) -> tuple[int, int]:
+    """Parse ``--stripe INDEX/COUNT`` (0 <= INDEX < COUNT)."""
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--stripe {text!r} is not INDEX/COUNT") from exc
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"--stripe {text!r}: need 0 <= INDEX < COUNT")
+    return index, count
 
 
 def _check_deadline(agent: Agent, deadline: float) -> None:
@@ -199,6 +229,12 @@ def parser(role: str) -> argparse.ArgumentParser:
         p.add_argument("--seeder", default=None, help="the seeder's address, to split byte counts")
         p.add_argument("--download-rate-limit", type=int, default=0)
         p.add_argument("--force", action="store_true")
+        p.add_argument(
+            "--stripe",
+            type=parse_stripe,
+            default=None,
+            help="INDEX/COUNT: fetch slice INDEX of COUNT first (see stripe_priorities)",
+        )
     return p
 
 

@@ -1,0 +1,89 @@
+"""A paper model of a deploy's time: swarm against central push, for fleets too big to run here.
+
+Assumptions (``docs/performance.md`` discusses them against the fleet):
+
+- every host has the same NIC rate ``B`` (payload bytes per second) up and
+  down, and the network core is not the bottleneck (full bisection);
+- the release is ``S`` bytes in pieces of ``p`` bytes; a piece can be
+  forwarded only once it is whole and verified;
+- **central push**: one seeder sends ``N`` full copies through its one NIC,
+  so ``T = N * S / B`` plus a per-run SSH start-up;
+- **swarm**: each peer must receive ``S`` (``S / B``) and the seeder must
+  send every piece at least once (``r * S / B`` for a redundancy ``r >= 1``:
+  the share of pieces the seeder sends more than once). With the peers'
+  upload capacity ``N * B`` far above the demand, pieces spread like a
+  binomial tree behind the seeder, so the last piece needs about
+  ``log2(N)`` more piece times ``p / B`` to reach everyone;
+- the control machine starts the peer agents over SSH, ``parallel`` at a
+  time, each start taking ``t_start`` seconds; the swarm cannot finish
+  before the last peer has started and received ``S``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+#: the control side's default SSH fan-out (murder.parallel)
+PARALLEL = 32
+#: seconds one peer start takes over SSH (mkdir, copy the torrent, start the
+#: daemon); measured on the fleet at N = 16
+T_START = 0.6
+#: seconds from a peer's start to its first byte (Python and libtorrent start,
+#: first announce, connect); measured on the fleet
+T_FIRST = 0.5
+
+
+def swarm_time(
+    n: int,
+    size: int,
+    rate: float,
+    piece_size: int,
+    redundancy: float = 1.0,
+    parallel: int = PARALLEL,
+    t_start: float = T_START,
+    t_first: float = T_FIRST,
+) -> float:
+    """Return the modelled seconds from the start of seeding to the last complete peer.
+
+    :param n: peers; :param size: release bytes ``S``; :param rate: ``B`` in
+        bytes/s; :param piece_size: ``p``; :param redundancy: how many times
+        the seeder sends ``S`` in all (``r``, at least 1).
+    """
+    if n <= 0:
+        return 0.0
+    transfer = max(1.0, redundancy) * size / rate
+    spread = math.ceil(math.log2(n)) * piece_size / rate if n > 1 else 0.0
+    # Peers start in waves of `parallel`; the last wave starts this late.
+    last_start = (math.ceil(n / parallel) - 1) * t_start
+    return last_start + t_first + transfer + spread
+
+
+def central_time(n: int, size: int, rate: float, t_connect: float = 0.3) -> float:
+    """Return the modelled seconds for one host to copy ``size`` bytes to ``n`` hosts."""
+    return t_connect + n * size / rate
+
+
+def table(size: int, rate: float, piece_size: int) -> list[dict[str, Any]]:
+    """Return the model at N = 16, 1,000 and 10,000 for seeder redundancy 1.0 and 1.5."""
+    rows = []
+    for n in (16, 1000, 10_000):
+        rows.append(
+            {
+                "n": n,
+                "ideal_s": round(size / rate, 2),
+                "swarm_s_r1": round(swarm_time(n, size, rate, piece_size), 2),
+                "swarm_s_r1_5": round(swarm_time(n, size, rate, piece_size, 1.5), 2),
+                "control_start_s": round((math.ceil(n / PARALLEL) - 1) * T_START, 2),
+                "central_s": round(central_time(n, size, rate), 1),
+            }
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    import json
+
+    mib = 1024 * 1024
+    b = 50e6 / 8 * 0.956
+    print(json.dumps(table(64 * mib, b, 256 * 1024), indent=2))
