@@ -42,8 +42,24 @@ def tracker_token(run: Run) -> str:
     return token
 
 
-def tracker_urls(run: Run) -> tuple[str, str | None]:
-    """Return the announce URL and, for fabmurder's own tracker, the stats URL."""
+def deploy_token(run: Run) -> str:
+    """Return this run's deploy token, made on first use.
+
+    The announce URL of the run's torrent names it, and the info-hash is
+    registered with it: the tracker serves that swarm, and only that swarm,
+    under it, until the run removes the info-hash again.
+    """
+    if run.deploy_token is None:
+        run.deploy_token = secrets.token_hex(16)
+    return run.deploy_token
+
+
+def tracker_urls(run: Run, deploy: bool = True) -> tuple[str, str | None]:
+    """Return the announce URL and, for fabmurder's own tracker, the stats URL.
+
+    :param deploy: announce under this run's deploy token (for the torrent it
+        creates) rather than under the tracker's own token.
+    """
     s = run.s
     if s.tracker_url:
         return s.tracker_url, None
@@ -55,7 +71,8 @@ def tracker_urls(run: Run) -> tuple[str, str | None]:
     host = f"[{addr}]" if ":" in addr else addr
     token = tracker_token(run)
     base = f"http://{host}:{s.tracker_port}"
-    return f"{base}/announce/{token}", f"{base}/stats/{token}"
+    announce = f"{base}/announce/{deploy_token(run) if deploy else token}"
+    return announce, f"{base}/stats/{token}"
 
 
 def start_tracker_daemon(run: Run) -> str:
@@ -93,7 +110,9 @@ def register(run: Run, info_hash: str, add: bool = True) -> None:
     if not s.tracker:
         return
     flag = "--add" if add else "--remove"
-    run_agent(run.conn(s.tracker), s, "allow", "--file", s.tmp("tracker.allow"), flag, info_hash)
+    token = ["--token", run.deploy_token] if add and run.deploy_token else []
+    args = ("allow", "--file", s.tmp("tracker.allow"), flag, info_hash, *token)
+    run_agent(run.conn(s.tracker), s, *args)
 
 
 def stop_daemons(run: Run, hosts: Iterable[str], stem: str, tag: str | None) -> GroupResult:

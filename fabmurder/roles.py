@@ -46,6 +46,8 @@ class Run:
     existing: dict[str, str] = field(default_factory=dict)
     #: why the seeder went away mid-transfer, when it did
     seeder_lost: str | None = None
+    #: the secret path element this run's torrent announces under (see agents.deploy_token)
+    deploy_token: str | None = None
 
     def conn(self, host: str) -> Connection:
         """Return the run's connection to ``host``."""

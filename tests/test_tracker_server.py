@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote_from_bytes
 
 import pytest
 
@@ -320,5 +321,49 @@ def test_a_release_registered_with_the_allow_command_is_served_at_once(tmp_path:
             timeout=30,
         )
         assert b"peers" in announce(tracker, h, 1, 5)
+    finally:
+        assert tracker.stop() == 0
+
+
+def test_a_deploy_token_opens_its_own_swarm_only_and_nothing_once_removed(tmp_path: Path) -> None:
+    allow = tmp_path / "tracker.allow"
+    other = bytes.fromhex("33" * 20)
+    for h, token in ((HASH, "deploy-a"), (other, "deploy-b")):
+        added = subprocess.run(
+            [sys.executable, "-m", "fabmurder", "allow", "--file", str(allow),
+             "--add", h.hex(), "--token", token],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+    assert allow.stat().st_mode & 0o077 == 0  # tokens are secrets
+    tracker = TrackerProcess.start(["--allow-file", str(allow), "--token", "s3cret"])
+    try:
+        assert b"peers" in announce(tracker, HASH, 1, 5, path="/announce/deploy-a")
+        assert b"peers" in announce(tracker, HASH, 2, 5, path="/announce/s3cret")
+        for target in (
+            announce_target(HASH, pid(3), 7003, 5, path="/announce/deploy-b"),
+            announce_target(other, pid(3), 7003, 5, path="/announce/deploy-a"),
+            announce_target(HASH, pid(3), 7003, 5, path="/announce/deploy-a/x"),
+            "/announce/deploy-a?info_hash=short",
+            "/scrape/deploy-a",
+            f"/scrape/deploy-a?info_hash={quote_from_bytes(other)}",
+            "/stats/deploy-a",
+        ):
+            response = tracker.get(target)
+            assert response.status == 404, target
+            assert other not in response.body and HASH not in response.body
+        scrape = tracker.get(f"/scrape/deploy-a?info_hash={quote_from_bytes(HASH)}")
+        assert scrape.status == 200 and HASH in scrape.body
+        removed = subprocess.run(
+            [sys.executable, "-m", "fabmurder", "allow", "--file", str(allow), "--remove",
+             HASH.hex()],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert removed.returncode == 0, removed.stderr
+        deadline = time.monotonic() + 10
+        target = announce_target(HASH, pid(1), 7001, 5, path="/announce/deploy-a")
+        while tracker.get(target).status != 404:
+            assert time.monotonic() < deadline, "a removed deploy's token still opens its swarm"
+            time.sleep(0.1)
     finally:
         assert tracker.stop() == 0

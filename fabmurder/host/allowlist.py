@@ -28,47 +28,75 @@ def validate_info_hash(text: str) -> str:
     return value
 
 
-def read_hashes(path: str) -> list[str]:
-    """Return the info-hashes listed in the allow file, in order (empty if it is missing)."""
+def read_entries(path: str) -> dict[str, str | None]:
+    """Return info-hash -> deploy token (or None) from the allow file, in file order."""
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             lines = fh.read().splitlines()
     except FileNotFoundError:
-        return []
-    hashes = []
+        return {}
+    entries: dict[str, str | None] = {}
     for line in lines:
-        word = line.split("#", 1)[0].strip().lower()
-        if len(word) == 40 and all(c in "0123456789abcdef" for c in word) and word not in hashes:
-            hashes.append(word)
-    return hashes
+        words = line.split("#", 1)[0].lower().split()
+        if not words:
+            continue
+        word = words[0]
+        if len(word) == 40 and all(c in "0123456789abcdef" for c in word) and word not in entries:
+            entries[word] = line.split("#", 1)[0].split()[1] if len(words) > 1 else None
+    return entries
 
 
-def update(path: str, add: str | None = None, remove: str | None = None) -> dict[str, Any]:
+def read_hashes(path: str) -> list[str]:
+    """Return the info-hashes listed in the allow file, in order (empty if it is missing)."""
+    return list(read_entries(path))
+
+
+def validate_token(text: str) -> str:
+    """Return ``text`` if it can be a deploy token (letters, digits, '-', '_').
+
+    :raises ConfigError: otherwise.
+    """
+    if (
+        not text
+        or len(text) > 128
+        or not all(c.isascii() and (c.isalnum() or c in "-_") for c in text)
+    ):
+        raise ConfigError("a deploy token holds 1-128 letters, digits, '-' or '_'", key="token")
+    return text
+
+
+def update(
+    path: str, add: str | None = None, remove: str | None = None, token: str | None = None
+) -> dict[str, Any]:
     """Add and/or remove one info-hash in the allow file and return what changed.
 
-    :raises ConfigError: if an info-hash is not 40 hex digits.
+    :param token: the deploy token served with ``add`` (``/announce/<token>``).
+    :raises ConfigError: if an info-hash is not 40 hex digits or the token is invalid.
     """
     add = validate_info_hash(add) if add is not None else None
     remove = validate_info_hash(remove) if remove is not None else None
+    token = validate_token(token) if token is not None else None
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     # A lock beside the file serialises concurrent edits; the rename keeps readers safe.
     with open(os.path.join(directory, "." + os.path.basename(path) + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        hashes = read_hashes(path)
+        entries = read_entries(path)
         changed = False
-        if add and add not in hashes:
-            hashes.append(add)
+        if add and (add not in entries or entries[add] != token):
+            entries[add] = token
             changed = True
-        if remove and remove in hashes:
-            hashes.remove(remove)
+        if remove and remove in entries:
+            del entries[remove]
             changed = True
+        hashes = list(entries)
         if changed or not os.path.exists(path):
             fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".tmp-")
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write("".join(h + "\n" for h in hashes))
-                os.chmod(tmp, 0o644)
+                    fh.write("".join(f"{h} {t}\n" if t else f"{h}\n" for h, t in entries.items()))
+                # deploy tokens are secrets: only the tracker's user reads them
+                os.chmod(tmp, 0o600)
                 os.rename(tmp, path)
             except BaseException:
                 if os.path.exists(tmp):
@@ -84,6 +112,7 @@ def parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--add", help="info-hash (40 hex digits) to allow")
     group.add_argument("--remove", help="info-hash (40 hex digits) to forget")
+    p.add_argument("--token", help="with --add: serve it under /announce/TOKEN as well")
     return p
 
 
@@ -91,7 +120,7 @@ def main(argv: list[str]) -> int:
     """Run ``allow`` and print what changed."""
 
     def body(args: argparse.Namespace) -> int:
-        emit(update(args.file, add=args.add, remove=args.remove))
+        emit(update(args.file, add=args.add, remove=args.remove, token=args.token))
         return EXIT_OK
 
     return run(parser(), argv, body)

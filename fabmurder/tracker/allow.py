@@ -22,18 +22,24 @@ log = logging.getLogger("fabmurder.tracker")
 _RECHECK_SECONDS = 1.0
 
 
-def parse_allow_file(text: str) -> frozenset[bytes]:
-    """Return the 20-byte info-hashes listed in an allow-list text; skip bad lines."""
-    hashes = set()
+def parse_allow_entries(text: str) -> dict[bytes, str | None]:
+    """Return info-hash -> deploy token (or None) for each line ``HEX [TOKEN]``; skip bad lines."""
+    entries: dict[bytes, str | None] = {}
     for line in text.splitlines():
-        word = line.split("#", 1)[0].strip()
-        if len(word) != 40:
+        words = line.split("#", 1)[0].split()
+        if not words or len(words[0]) != 40:
             continue
         try:
-            hashes.add(bytes.fromhex(word))
+            info_hash = bytes.fromhex(words[0])
         except ValueError:
             continue
-    return frozenset(hashes)
+        entries[info_hash] = words[1] if len(words) > 1 else None
+    return entries
+
+
+def parse_allow_file(text: str) -> frozenset[bytes]:
+    """Return the 20-byte info-hashes listed in an allow-list text; skip bad lines."""
+    return frozenset(parse_allow_entries(text))
 
 
 class AllowList:
@@ -45,6 +51,8 @@ class AllowList:
         self._signature: tuple[int, int, int] | None = None
         self._checked_at = float("-inf")
         self.hashes: frozenset[bytes] = frozenset()
+        #: info-hash -> the deploy token registered with it (None: none)
+        self.tokens: dict[bytes, str | None] = {}
         self.on_change: Callable[[frozenset[bytes]], None] | None = None
         self.refresh(force=True)
 
@@ -65,16 +73,21 @@ class AllowList:
         self._signature = signature
         try:
             with open(self.path, encoding="utf-8", errors="replace") as handle:
-                hashes = parse_allow_file(handle.read())
+                self.tokens = parse_allow_entries(handle.read())
         except OSError:
             # A missing file allows nothing: safer than serving every swarm.
-            hashes = frozenset()
+            self.tokens = {}
+        hashes = frozenset(self.tokens)
         if hashes != self.hashes:
             log.debug("allow-list %s now holds %d info-hashes", self.path, len(hashes))
             self.hashes = hashes
             if self.on_change is not None:
                 self.on_change(hashes)
         return True
+
+    def token_of(self, info_hash: bytes) -> str | None:
+        """Return the deploy token registered with ``info_hash`` (None if none or not allowed)."""
+        return self.tokens.get(info_hash) if info_hash in self else None
 
     def __contains__(self, info_hash: object) -> bool:
         if info_hash in self.hashes:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import resource
@@ -44,6 +45,8 @@ from fabmurder.tracker.protocol import (
 )
 from fabmurder.tracker.racks import RackMap
 from fabmurder.tracker.swarm import Limits, Swarms
+
+NOT_FOUND = b"not found\n"
 
 log = logging.getLogger("fabmurder.tracker")
 
@@ -90,19 +93,53 @@ class Tracker:
         """Answer one GET request for ``target`` from address ``ip``."""
         path, _, query = target.partition(b"?")
         handler = self.routes.get(path)
-        if handler is None:
-            return 404, PLAIN, b"not found\n"
-        return handler(query, ip)
+        if handler is not None:
+            return handler(query, ip)
+        deploy = self._deploy_token(path)
+        if deploy is not None:
+            if path.startswith(b"/announce/"):
+                return self.announce(query, ip, deploy)
+            return self.scrape(query, ip, deploy)
+        return 404, PLAIN, NOT_FOUND
 
-    def announce(self, query: bytes, ip: str) -> Reply:
-        """Handle ``/announce`` (BEP 3, 23)."""
+    def _deploy_token(self, path: bytes) -> str | None:
+        """Return the deploy token of ``/announce/<T>`` or ``/scrape/<T>``, if such paths apply.
+
+        With ``--token`` and an allow-list, each registered info-hash may carry
+        its own token (``allow --add HEX --token T``): its swarm is then also
+        served under that token, and only its swarm. A deploy's torrents name
+        the deploy's token, so they open nothing else, and nothing at all once
+        the deploy is over and its info-hash has been removed.
+        """
+        if not self.config.token or self.allow is None:
+            return None
+        for prefix in (b"/announce/", b"/scrape/"):
+            if path.startswith(prefix):
+                token = path[len(prefix) :]
+                if token and b"/" not in token and token.isascii():
+                    return token.decode("ascii")
+        return None
+
+    def _deploy_allows(self, info_hash: bytes, deploy: str | None) -> bool:
+        if deploy is None:
+            return True
+        assert self.allow is not None
+        registered = self.allow.token_of(info_hash)
+        return registered is not None and hmac.compare_digest(registered, deploy)
+
+    def announce(self, query: bytes, ip: str, deploy: str | None = None) -> Reply:
+        """Handle ``/announce`` (BEP 3, 23), or ``/announce/<deploy token>``."""
         limits = self.limits
         try:
             req = parse_announce(query)
+            if not self._deploy_allows(req.info_hash, deploy):
+                return 404, PLAIN, NOT_FOUND
             if self.allow is not None and req.info_hash not in self.allow:
                 raise RequestError("info_hash is not served by this tracker")
             result = self.swarms.announce(req, ip, time.monotonic())
         except RequestError as exc:
+            if deploy is not None:
+                return 404, PLAIN, NOT_FOUND
             return 200, PLAIN, encode_failure(str(exc))
         if req.compact:
             peers = b"".join([p.compact for p in result.peers])
@@ -130,12 +167,18 @@ class Tracker:
             )
         return 200, PLAIN, body
 
-    def scrape(self, query: bytes, ip: str) -> Reply:
-        """Handle ``/scrape`` (BEP 48)."""
+    def scrape(self, query: bytes, ip: str, deploy: str | None = None) -> Reply:
+        """Handle ``/scrape`` (BEP 48), or ``/scrape/<deploy token>`` for its swarms only."""
         try:
             hashes = parse_scrape(query)
         except RequestError as exc:
+            if deploy is not None:
+                return 404, PLAIN, NOT_FOUND
             return 200, PLAIN, encode_failure(str(exc))
+        if deploy is not None and not (
+            hashes and all(self._deploy_allows(h, deploy) for h in hashes)
+        ):
+            return 404, PLAIN, NOT_FOUND
         if self.allow is not None and hashes:
             hashes = [h for h in hashes if h in self.allow]
             if not hashes:
