@@ -19,6 +19,7 @@ import pytest
 
 from fabmurder import pipeline
 from fabmurder.errors import DeployError
+from fabmurder.host import metainfo
 from fabmurder.testing.deploykit import AGENT_PYTHON, DeployKit
 
 SIZE = 512 * 1024
@@ -168,7 +169,7 @@ def http_get(kit: DeployKit, host: int, url: str) -> tuple[int, bytes]:
 def test_a_host_outside_the_roles_gets_no_peers_from_the_tracker_and_no_pieces_from_a_peer(
     kit: DeployKit, tree: dict[str, Any]
 ) -> None:
-    """Expected: no token or a wrong one: 404; a stolen torrent: the seeder sends 0 bytes.
+    """Expected: no token, a wrong one or a guessed one: 404; a stolen torrent: 0 bytes.
 
     An allowed peer running the same client gets pieces at once, and every
     daemon listens on its host's fleet address only.
@@ -178,21 +179,24 @@ def test_a_host_outside_the_roles_gets_no_peers_from_the_tracker_and_no_pieces_f
     pipeline.start_tracker(c)
     pipeline.start_seeding(c)
     seeder = kit.fleet.host(1).address
-    token = kit.sh(1, f"cat {kit.temp_path}/tracker.token")
+    torrent = kit.read_bytes(1, f"{kit.temp_path}/ws1.torrent")
+    announce = metainfo.parse(torrent).announce or ""
+    deploy = announce.rpartition("/")[2]
+    tracker_token = kit.sh(1, f"cat {kit.temp_path}/tracker.token")
+    assert announce.endswith(f"/announce/{deploy}") and deploy and deploy != tracker_token
     base = f"http://{seeder}:{kit.tracker_port}"
     query = "?info_hash=" + "".join(f"%{b:02x}" for b in bytes.fromhex(info["info_hash"]))
     query += "&peer_id=-XX0001-abcdefghijkl&port=6999&uploaded=0&downloaded=0&left=1&compact=1"
+    unregistered = query.replace(query[11:71], "%00" * 20)
     try:
-        assert http_get(kit, OUTSIDER, f"{base}/announce{query}")[0] == 404
-        assert http_get(kit, OUTSIDER, f"{base}/announce/wrong-token{query}")[0] == 404
-        assert http_get(kit, OUTSIDER, f"{base}/stats")[0] == 404
-        unregistered = query.replace(query[11:71], "%00" * 20)
-        code, body = http_get(kit, 2, f"{base}/announce/{token}{unregistered}")
-        assert b"failure reason" in body and b"peers" not in body, (code, body)
-        code, body = http_get(kit, 2, f"{base}/announce/{token}{query}")
-        assert b"peers" in body, body  # the same request with the token, from a role host
+        for path in ("/announce", "/announce/wrong-token", f"/announce/{deploy}x", "/stats"):
+            assert http_get(kit, OUTSIDER, f"{base}{path}{query}")[0] == 404, path
+        # the deploy's token opens its own swarm and nothing else
+        assert http_get(kit, 2, f"{base}/announce/{deploy}{unregistered}")[0] == 404
+        assert http_get(kit, 2, f"{base}/stats/{deploy}")[0] == 404
+        code, body = http_get(kit, 2, f"{base}/announce/{deploy}{query}")
+        assert code == 200 and b"peers" in body, body
 
-        torrent = kit.read_bytes(1, f"{kit.temp_path}/ws1.torrent")
         target = f"{seeder}:{kit.peer_port}"
         results = {}
         for index in (OUTSIDER, 2):
