@@ -15,8 +15,8 @@ Assumptions (``docs/performance.md`` discusses them against the fleet):
   binomial tree behind the seeder, so the last piece needs about
   ``log2(N)`` more piece times ``p / B`` to reach everyone;
 - the control machine starts the peer agents over SSH, ``parallel`` at a
-  time, each start taking ``t_start`` seconds; the swarm cannot finish
-  before the last peer has started and received ``S``.
+  time, each start taking ``t_start`` seconds, before the seeder starts:
+  that time adds to the deploy, not to the transfer.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from typing import Any
 #: the control side's default SSH fan-out (murder.parallel)
 PARALLEL = 32
 #: seconds one peer start takes over SSH (mkdir, copy the torrent, start the
-#: daemon); measured on the fleet at N = 16
-T_START = 0.6
-#: seconds from a peer's start to its first byte (Python and libtorrent start,
-#: first announce, connect); measured on the fleet
-T_FIRST = 0.5
+#: daemon): the fleet's peer_agent_start phase at N = 16 (all in one wave)
+T_START = 1.2
+#: seconds from the start of seeding to the first bytes flowing (the seeder's
+#: announce and connections)
+T_CONNECT = 0.3
 
 
 def swarm_time(
@@ -40,9 +40,7 @@ def swarm_time(
     rate: float,
     piece_size: int,
     redundancy: float = 1.0,
-    parallel: int = PARALLEL,
-    t_start: float = T_START,
-    t_first: float = T_FIRST,
+    t_connect: float = T_CONNECT,
 ) -> float:
     """Return the modelled seconds from the start of seeding to the last complete peer.
 
@@ -54,9 +52,15 @@ def swarm_time(
         return 0.0
     transfer = max(1.0, redundancy) * size / rate
     spread = math.ceil(math.log2(n)) * piece_size / rate if n > 1 else 0.0
-    # Peers start in waves of `parallel`; the last wave starts this late.
-    last_start = (math.ceil(n / parallel) - 1) * t_start
-    return last_start + t_first + transfer + spread
+    return t_connect + transfer + spread
+
+
+def control_time(n: int, parallel: int = PARALLEL, t_start: float = T_START) -> float:
+    """Return the modelled seconds the control machine needs to start ``n`` peer agents.
+
+    The peers start before the seeder, in waves of ``parallel`` SSH sessions.
+    """
+    return math.ceil(n / parallel) * t_start
 
 
 def central_time(n: int, size: int, rate: float, t_connect: float = 0.3) -> float:
@@ -64,8 +68,10 @@ def central_time(n: int, size: int, rate: float, t_connect: float = 0.3) -> floa
     return t_connect + n * size / rate
 
 
-def table(size: int, rate: float, piece_size: int) -> list[dict[str, Any]]:
-    """Return the model at N = 16, 1,000 and 10,000 for seeder redundancy 1.0 and 1.5."""
+def table(
+    size: int, rate: float, piece_size: int, redundancy: float = 1.25
+) -> list[dict[str, Any]]:
+    """Return the model at N = 16, 1,000 and 10,000, for ``r`` = 1 and ``redundancy``."""
     rows = []
     for n in (16, 1000, 10_000):
         rows.append(
@@ -73,8 +79,10 @@ def table(size: int, rate: float, piece_size: int) -> list[dict[str, Any]]:
                 "n": n,
                 "ideal_s": round(size / rate, 2),
                 "swarm_s_r1": round(swarm_time(n, size, rate, piece_size), 2),
-                "swarm_s_r1_5": round(swarm_time(n, size, rate, piece_size, 1.5), 2),
-                "control_start_s": round((math.ceil(n / PARALLEL) - 1) * T_START, 2),
+                "swarm_s_r": round(swarm_time(n, size, rate, piece_size, redundancy), 2),
+                "redundancy": redundancy,
+                "control_start_s": round(control_time(n), 1),
+                "control_start_s_parallel_256": round(control_time(n, 256), 1),
                 "central_s": round(central_time(n, size, rate), 1),
             }
         )

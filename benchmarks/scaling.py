@@ -213,7 +213,7 @@ def central_push(fl: Fleet, n: int) -> dict[str, Any]:
     script = f"set -e; {copies} wait; echo done"
     load_before = load()
     started = time.monotonic()
-    out = fl.run_in(seeder, ["sh", "-c", script])
+    out = fl.run_in(seeder, ["sh", "-c", script], timeout=1800)
     seconds = time.monotonic() - started
     if "done" not in out.stdout:
         raise RuntimeError(f"central push to {n} peers failed: {out.stderr}")
@@ -229,6 +229,11 @@ def central_push(fl: Fleet, n: int) -> dict[str, Any]:
         "load_before": load_before,
         "load_after": load(),
     }
+
+
+def checkpoint(results: dict[str, Any], out: str) -> None:
+    """Write the measurements so far, so that a failure later loses none of them."""
+    Path(out + ".partial").write_text(json.dumps(results, indent=2) + "\n")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -250,6 +255,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--name", default="bench", help="fleet name")
     p.add_argument("--out", default=str(ROOT / "docs" / "perf-results.json"))
     p.add_argument("--plot", default=str(ROOT / "docs" / "perf-scaling.png"))
+    p.add_argument(
+        "--resummarise",
+        action="store_true",
+        help="measure nothing: recompute the summary and plot of the JSON at --out",
+    )
     p.add_argument("--keep", action="store_true", help="reuse the fleet and leave it up")
     p.add_argument("--label", default="", help="free text stored with the results")
     return p.parse_args(argv)
@@ -307,11 +317,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f" > {BUILD}/payload.bin && head -c {MIB} /dev/urandom > {SMALL}/payload.bin"
             f" && tar -C {BUILD} -cf {PUSH} ."
         )
-        fl.run_in(seeder, ["sh", "-c", make])
+        fl.run_in(seeder, ["sh", "-c", make], timeout=600)
         for n in ns:
             for i in range(args.repeat):
                 r = deploy(fl, n, f"s{n}-{i}-{int(time.time())}", extra)
                 results["swarm"].append(r)
+                checkpoint(results, args.out)
                 print(
                     f"swarm N={n:>2}: transfer {r['transfer_s']:6.2f} s, "
                     f"seeder sent {r['seeder_upload_over_s']:.2f} x S, "
@@ -321,6 +332,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for n in counts(args.central, ns):
             c = central_push(fl, n)
             results["central"].append(c)
+            checkpoint(results, args.out)
             print(
                 f"central N={n:>2}: {c['seconds']:6.2f} s, load {c['load_before'][0]}", flush=True
             )
@@ -432,7 +444,9 @@ def plot(results: dict[str, Any], path: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     ax.plot(ns, [r["central_s"] for r in rows], "s-", color="tab:red", label="central push (scp)")
     ax.plot(ns, [r["transfer_s"] for r in rows], "o-", color="tab:blue", label="fabmurder swarm")
-    ax.plot(ns, [r["model_swarm_s"] for r in rows], ":", color="tab:blue", label="model: swarm")
+    ax.plot(
+        ns, [r["model_swarm_s"] for r in rows], ":", color="tab:blue", label="model: swarm, r = 1"
+    )
     ax.plot(ns, [r["ideal_s"] for r in rows], "--", color="gray", label="ideal S/B")
     ax.plot(ns, [1.25 * r["ideal_s"] for r in rows], ":", color="gray", label="1.25 × S/B")
     ax.set_xscale("log", base=2)
@@ -451,8 +465,14 @@ def plot(results: dict[str, Any], path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write its JSON and plot."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    results = run(args)
+    if args.resummarise:
+        results = json.loads(Path(args.out).read_text())
+        size = results["swarm"][0]["size"] if results["swarm"] else results["size_mib"] * MIB
+        results["summary"] = summarise(results, size)
+    else:
+        results = run(args)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    Path(args.out + ".partial").unlink(missing_ok=True)
     if args.plot and results["summary"]["rows"]:
         plot(results, args.plot)
     print(json.dumps(results["summary"]["goals"], indent=2))
