@@ -103,25 +103,25 @@ def show(running: Fleet) -> None:
     print(f"  key {running.key_path}; fab -f {running.state_dir / 'fabric.yaml'}")
 
 
-def run_demo(c: Context, hosts: int) -> None:
-    """Bring up a fleet, run a command on every host over Fabric, print it, tear it down."""
-    command = "hostname; hostname -I; ls -A /srv"
-    running = fleet.up(hosts, name="demo")
-    try:
-        print(f"fleet 'demo': {hosts} hosts on {running.subnet}; over SSH on each: {command}")
-        results = running.group().run(command, hide=True)
-        ordered = sorted(results.items(), key=lambda kv: running.host(kv[0].host).index)
-        for _, result in ordered:
-            name, address, *srv = result.stdout.split()
-            print(f"{name:<8} {address:<12} /srv: {' '.join(srv) or '(empty)'}")
-    finally:
-        fleet.down("demo")
+def run_demo(hosts: int, rate: float | None) -> None:
+    """Deploy a sample release onto a fresh local fleet with the real ``fab`` (examples/demo.py)."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    import demo as example
+
+    status = example.main(hosts, rate)
+    if status:
+        raise Exit(f"the demo deploy failed (exit status {status})", code=status)
 
 
-@task(help={"hosts": "number of hosts (default 8)"})
-def demo(c: Context, hosts: int = 8) -> None:
-    """Show fabmurder's main job on a local fleet."""
-    run_demo(c, hosts)
+@task(
+    help={
+        "hosts": "number of hosts: one tracker+seeder, the rest peers (default 9)",
+        "rate": "cap on each host's link in Mbit/s, 0 for none (default 100)",
+    }
+)
+def demo(c: Context, hosts: int = 9, rate: float = 100) -> None:
+    """Deploy a sample release onto a local fleet with the real fab (fabmurder's main job)."""
+    run_demo(hosts, rate or None)
 
 
 @task(name="tracker")
