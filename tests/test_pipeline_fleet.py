@@ -23,6 +23,7 @@ from fabmurder import install, pipeline
 from fabmurder.config import settings
 from fabmurder.errors import DeployError
 from fabmurder.report import Event
+from fabmurder.testing.deploykit import MANIFEST
 from fabmurder.testing.fleet import Fleet
 
 AGENT = "/srv/fabmurder/agent"
@@ -42,26 +43,6 @@ chmod 755 "$1/bin/run.sh"
 chmod 640 "$1/a/b/c/deep.txt"
 printf 'spaces\n' > "$1/name with spaces.txt"
 head -c 22020096 /dev/urandom > "$1/data/big.bin"
-"""
-
-MANIFEST = r"""
-import hashlib, json, os, stat, sys
-root = sys.argv[1]
-out = {}
-for here, dirs, files in os.walk(root):
-    for name in dirs + files:
-        path = os.path.join(here, name)
-        st = os.lstat(path)
-        rel = os.path.relpath(path, root)
-        if stat.S_ISLNK(st.st_mode):
-            out[rel] = ["link", os.readlink(path)]
-        elif stat.S_ISDIR(st.st_mode):
-            out[rel] = ["dir", oct(stat.S_IMODE(st.st_mode))]
-        else:
-            with open(path, "rb") as fh:
-                digest = hashlib.sha256(fh.read()).hexdigest()
-            out[rel] = ["file", oct(stat.S_IMODE(st.st_mode)), digest]
-print(json.dumps(out, sort_keys=True))
 """
 
 
