@@ -42,6 +42,10 @@ _LAZY: dict[str, str] = {
     "stop_peering": "fabmurder.pipeline",
     "clean_temp_files": "fabmurder.pipeline",
     "status": "fabmurder.pipeline",
+    "deploy": "fabmurder.releases",
+    "publish": "fabmurder.releases",
+    "rollback": "fabmurder.releases",
+    "cleanup": "fabmurder.releases",
     "Settings": "fabmurder.config",
     "settings": "fabmurder.config",
     "DEFAULTS": "fabmurder.config",
@@ -65,6 +69,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from fabmurder.pipeline import stop_peering as stop_peering
     from fabmurder.pipeline import stop_seeding as stop_seeding
     from fabmurder.pipeline import stop_tracker as stop_tracker
+    from fabmurder.releases import cleanup as cleanup
+    from fabmurder.releases import deploy as deploy
+    from fabmurder.releases import publish as publish
+    from fabmurder.releases import rollback as rollback
     from fabmurder.report import DeployReport as DeployReport
     from fabmurder.report import Event as Event
     from fabmurder.report import HostReport as HostReport
