@@ -107,6 +107,17 @@ def _failed(result: GroupResult, what: str) -> None:
         raise Exit(f"murder: {what} failed on {names}", code=1)
 
 
+def _drawn(step: Callable[..., Any], c: Any, *args: Any, **overrides: Any) -> Any:
+    """Run a pipeline ``step`` with the progress bar drawn, then print its per-host table."""
+    renderer = Renderer()
+    try:
+        result = step(c, *args, on_event=renderer, **_overrides(**overrides))
+    finally:
+        renderer.close()
+    print(table(getattr(result, "report", result)), flush=True)
+    return result
+
+
 @task(help=RUN_HELP)
 @_reported
 def distribute_files(
@@ -124,29 +135,21 @@ def distribute_files(
     parallel: str | None = None,
 ) -> DeployReport:
     """Ship a release from the seeder to every peer over BitTorrent."""
-    renderer = Renderer()
-    try:
-        report = pipeline.distribute_files(
-            c,
-            on_event=renderer,
-            **_overrides(
-                tag=tag,
-                files_path=files_path,
-                local_path=local_path,
-                destination_path=destination_path,
-                force=force,
-                timeout=timeout,
-                seed_after=seed_after,
-                max_failed_peers=max_failed_peers,
-                upload_rate_limit=upload_rate_limit,
-                download_rate_limit=download_rate_limit,
-                parallel=parallel,
-            ),
-        )
-    finally:
-        renderer.close()
-    print(table(report), flush=True)
-    return report
+    return _drawn(
+        pipeline.distribute_files,
+        c,
+        tag=tag,
+        files_path=files_path,
+        local_path=local_path,
+        destination_path=destination_path,
+        force=force,
+        timeout=timeout,
+        seed_after=seed_after,
+        max_failed_peers=max_failed_peers,
+        upload_rate_limit=upload_rate_limit,
+        download_rate_limit=download_rate_limit,
+        parallel=parallel,
+    )
 
 
 @task(help={"parallel": RUN_HELP["parallel"]})
@@ -226,25 +229,17 @@ def peer_download(
     max_failed_peers: str | None = None,
 ) -> DeployReport:
     """Download a seeded release on every peer and wait until all have it."""
-    renderer = Renderer()
-    try:
-        report = pipeline.peer_download(
-            c,
-            sha256,
-            on_event=renderer,
-            **_overrides(
-                tag=tag,
-                destination_path=destination_path,
-                force=force,
-                timeout=timeout,
-                seed_after=seed_after,
-                max_failed_peers=max_failed_peers,
-            ),
-        )
-    finally:
-        renderer.close()
-    print(table(report), flush=True)
-    return report
+    return _drawn(
+        pipeline.peer_download,
+        c,
+        sha256,
+        tag=tag,
+        destination_path=destination_path,
+        force=force,
+        timeout=timeout,
+        seed_after=seed_after,
+        max_failed_peers=max_failed_peers,
+    )
 
 
 @task(help={"tag": "release to stop peering (default: all)"})
@@ -294,30 +289,22 @@ def deploy(
     keep_releases: str | None = None,
 ) -> releases.Deployed:
     """Distribute a release to releases/<tag>, point current at it, remove old releases."""
-    renderer = Renderer()
-    try:
-        done = releases.deploy(
-            c,
-            on_event=renderer,
-            **_overrides(
-                tag=tag,
-                files_path=files_path,
-                local_path=local_path,
-                destination_path=destination_path,
-                force=force,
-                timeout=timeout,
-                seed_after=seed_after,
-                max_failed_peers=max_failed_peers,
-                upload_rate_limit=upload_rate_limit,
-                download_rate_limit=download_rate_limit,
-                parallel=parallel,
-                keep_releases=keep_releases,
-            ),
-        )
-    finally:
-        renderer.close()
-    print(table(done.report), flush=True)
-    return done
+    return _drawn(
+        releases.deploy,
+        c,
+        tag=tag,
+        files_path=files_path,
+        local_path=local_path,
+        destination_path=destination_path,
+        force=force,
+        timeout=timeout,
+        seed_after=seed_after,
+        max_failed_peers=max_failed_peers,
+        upload_rate_limit=upload_rate_limit,
+        download_rate_limit=download_rate_limit,
+        parallel=parallel,
+        keep_releases=keep_releases,
+    )
 
 
 @task(help={"tag": "the release to switch to (required)", "destination_path": WHERE})
