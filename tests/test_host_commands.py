@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,17 +13,7 @@ import pytest
 
 from fabmurder.errors import ConfigError, MurderError
 from fabmurder.host import allowlist, clean
-
-
-def fab(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fabmurder", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
+from fabmurder.testing.hostcli import run as fab
 
 # -- allow -----------------------------------------------------------------------
 

@@ -15,17 +15,7 @@ from pathlib import Path
 import pytest
 
 from fabmurder.host import daemon
-
-
-def fab(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m fabmurder ARGS`` and capture its output."""
-    return subprocess.run(
-        [sys.executable, "-m", "fabmurder", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+from fabmurder.testing.hostcli import run as fab
 
 
 def free_port(addr: str = "127.0.0.1") -> int:

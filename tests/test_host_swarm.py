@@ -23,6 +23,8 @@ import pytest
 from test_host_artifact import make_release_tree, tree_signature
 
 from fabmurder.host import statusfile
+from fabmurder.testing.hostcli import run as fab
+from fabmurder.testing.proc import wait_until as wait_for
 
 _addresses = itertools.count(20)
 
@@ -37,27 +39,6 @@ def free_port(addr: str) -> int:
     with socket.socket() as sock:
         sock.bind((addr, 0))
         return int(sock.getsockname()[1])
-
-
-def fab(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fabmurder", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``condition`` until it returns something truthy, or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 def state_of(status_file: Path) -> str | None:

@@ -16,13 +16,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fabmurder.testing.proc import wait_until as wait_for
 from fabmurder.tracker.client import TrackerProcess
 
 pytestmark = pytest.mark.slow
@@ -32,17 +32,6 @@ def free_port(addr: str) -> int:
     with socket.socket() as sock:
         sock.bind((addr, 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def fabmurder(*args: str) -> list[str]:

@@ -15,7 +15,6 @@ import shlex
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 from invoke import Context
 
 from fabmurder.testing.fleet import Fleet, Host
-from fabmurder.testing.proc import FleetError
+from fabmurder.testing.proc import FleetError, wait_until
 
 #: the agent lives here on every host (shared with the pipeline tests: one install)
 AGENT = "/srv/fabmurder/agent"
@@ -62,16 +61,8 @@ head -c "$2" /dev/urandom > "$1/lib/blob.bin"
 """
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, step: float = 0.1) -> Any:
-    """Poll ``condition`` until it returns something truthy and return that, or raise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise FleetError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(step)  # polling a condition, with a deadline
+#: poll a condition until it is truthy, with a deadline (the fleet's own helper)
+wait_for = wait_until
 
 
 @dataclass

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from fabmurder.errors import MurderError
 
@@ -33,15 +34,19 @@ def run(argv: Sequence[str], *, input: str | None = None, check: bool = True) ->
     return proc.stdout
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll *condition* until it is true; raise :class:`FleetError` after *timeout* seconds."""
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll *condition* until it returns something truthy, and return that.
+
+    :raises FleetError: after *timeout* seconds, naming *what* was awaited.
+    """
     deadline = time.monotonic() + timeout
     delay = 0.005
-    while not condition():
+    while not (value := condition()):
         if time.monotonic() > deadline:
             raise FleetError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+    return value
 
 
 def _stat_fields(pid: int) -> list[str] | None:
