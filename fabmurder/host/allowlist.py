@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
-import tempfile
 from typing import Any
 
 from fabmurder.errors import ConfigError
+from fabmurder.host.atomic import replace_file
 from fabmurder.host.cli import EXIT_OK, emit, run
 
 
@@ -91,17 +91,9 @@ def update(
             changed = True
         hashes = list(entries)
         if changed or not os.path.exists(path):
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".tmp-")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write("".join(f"{h} {t}\n" if t else f"{h}\n" for h, t in entries.items()))
-                # deploy tokens are secrets: only the tracker's user reads them
-                os.chmod(tmp, 0o600)
-                os.rename(tmp, path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
+            text = "".join(f"{h} {t}\n" if t else f"{h}\n" for h, t in entries.items())
+            # deploy tokens are secrets: only the tracker's user reads them
+            replace_file(path, text.encode("utf-8"), mode=0o600)
     return {"file": os.path.abspath(path), "changed": changed, "hashes": hashes}
 
 

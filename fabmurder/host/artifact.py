@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from fabmurder.errors import ArtifactError
+from fabmurder.host.atomic import replace_file
 
 #: bytes read at a time when hashing
 CHUNK = 1024 * 1024
@@ -297,15 +298,8 @@ def installed_sha256(dest: str, tag: str) -> str | None:
 
 
 def _write_marker(dest: str, tag: str, sha256: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{tag}.marker-")
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(sha256.strip().lower() + "\n")
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, marker_path(dest, tag))
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+    data = (sha256.strip().lower() + "\n").encode("ascii")
+    replace_file(marker_path(dest, tag), data, mode=0o644, prefix=f".{tag}.marker-")
 
 
 def extract(

@@ -18,10 +18,10 @@ import os
 import select
 import signal
 import sys
-import tempfile
 import time
 from typing import Any
 
+from fabmurder.host.atomic import replace_file
 from fabmurder.host.cli import EXIT_FAILED, EXIT_OK, EXIT_RUNNING, EXIT_USAGE, emit, fail
 
 READY_FD_ENV = "FABMURDER_READY_FD"
@@ -111,19 +111,6 @@ def is_ours(record: dict[str, Any] | None) -> bool:
     return is_agent_cmdline(argv)
 
 
-def _write_json_atomically(path: str, obj: Any) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh)
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def notify_ready() -> None:
     """Tell ``daemon start`` this process is ready: write the PID file, then signal the pipe.
 
@@ -135,15 +122,13 @@ def notify_ready() -> None:
         return
     pid = os.getpid()
     if pid_file:
-        _write_json_atomically(
-            pid_file,
-            {
-                "pid": pid,
-                "starttime": proc_starttime(pid),
-                "role": os.environ.get(ROLE_ENV, ""),
-                "argv": proc_cmdline(pid),
-            },
-        )
+        record = {
+            "pid": pid,
+            "starttime": proc_starttime(pid),
+            "role": os.environ.get(ROLE_ENV, ""),
+            "argv": proc_cmdline(pid),
+        }
+        replace_file(pid_file, json.dumps(record).encode("utf-8"))
     try:
         fd = int(fd_text)
         os.write(fd, b"ready\n")

@@ -11,11 +11,11 @@ sentence a human can act on.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 from fabmurder.errors import TorrentError
+from fabmurder.host.atomic import replace_file
 
 #: 256 KiB: the lab's sweet spot was 64-256 KiB (1 MiB and more got slower)
 DEFAULT_PIECE_SIZE = 256 * 1024
@@ -78,23 +78,8 @@ def create(
     # Paths in the torrent are relative to the tarball's parent directory.
     lt.set_piece_hashes(creator, os.path.dirname(tarball))
     data = lt.bencode(creator.generate())
-    _write_atomically(torrent_path, data)
+    replace_file(torrent_path, data, fsync=True)
     return parse(data)
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _get(d: dict[bytes, Any], key: bytes, kind: type | tuple[type, ...], what: str) -> Any:

@@ -8,11 +8,10 @@ the control side, ``status`` and the tests read it back with
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from typing import Any
 
 from fabmurder.errors import MurderError
+from fabmurder.host.atomic import replace_file
 
 STATES = (
     "starting",
@@ -91,13 +90,4 @@ def read_status(path: str) -> dict[str, Any]:
 
 def write_status(path: str, status: dict[str, Any]) -> None:
     """Replace the status file at ``path`` atomically with ``status``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(status, fh)
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    replace_file(path, json.dumps(status).encode("utf-8"))
