@@ -23,7 +23,7 @@ from fabmurder import install, pipeline
 from fabmurder.config import settings
 from fabmurder.errors import DeployError
 from fabmurder.report import Event
-from fabmurder.testing.deploykit import MANIFEST
+from fabmurder.testing.deploykit import MANIFEST, agent_processes
 from fabmurder.testing.fleet import Fleet
 
 AGENT = "/srv/fabmurder/agent"
@@ -101,23 +101,6 @@ def manifest(fleet: Fleet, host: Any, path: str) -> dict[str, Any]:
     out = fleet.run_in(host, ["/usr/bin/python3", "-c", MANIFEST, path])
     result: dict[str, Any] = json.loads(out.stdout)
     return result
-
-
-def agent_processes(fleet: Fleet, host: Any) -> list[str]:
-    """Return the command lines of fabmurder agents running in a host's namespace."""
-    pids = subprocess.run(
-        ["ip", "netns", "pids", fleet.host(host).netns], capture_output=True, text=True
-    ).stdout.split()
-    found = []
-    for pid in pids:
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        text = " ".join(part.decode(errors="replace") for part in argv if part)
-        if "-m fabmurder" in text or AGENT in text:
-            found.append(text)
-    return found
 
 
 def listing(fleet: Fleet, host: Any, path: str) -> list[str]:

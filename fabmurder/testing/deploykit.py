@@ -65,6 +65,24 @@ head -c "$2" /dev/urandom > "$1/lib/blob.bin"
 wait_for = wait_until
 
 
+def agent_processes(fleet: Fleet, host: Host | int | str) -> list[str]:
+    """Return the command lines of fabmurder agents (``-m fabmurder``, the agent venv) on a host."""
+    netns = fleet.host(host).netns
+    pids = subprocess.run(
+        ["ip", "netns", "pids", netns], capture_output=True, text=True, check=True
+    ).stdout.split()
+    found = []
+    for pid in pids:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # it ended meanwhile
+        text = " ".join(part.decode(errors="replace") for part in argv if part)
+        if "-m fabmurder" in text or AGENT in text:
+            found.append(text)
+    return found
+
+
 @dataclass
 class Background:
     """A pipeline call running on its own thread; :meth:`result` re-raises its error."""
@@ -261,21 +279,8 @@ class DeployKit:
         return bool(state) and state[state.rfind(")") + 2 :][:1] not in ("Z", "X", "")
 
     def agents(self, host: Host | int) -> list[str]:
-        """Return the command lines of fabmurder agents (``-m fabmurder``) inside ``host``."""
-        netns = self.fleet.host(host).netns
-        pids = subprocess.run(
-            ["ip", "netns", "pids", netns], capture_output=True, text=True, check=True
-        ).stdout.split()
-        found = []
-        for pid in pids:
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue  # it ended meanwhile
-            text = " ".join(part.decode(errors="replace") for part in argv if part)
-            if " -m fabmurder " in text:
-                found.append(text)
-        return found
+        """Return the command lines of fabmurder agents inside ``host``."""
+        return agent_processes(self.fleet, host)
 
     def listening(self, host: Host | int) -> list[str]:
         """Return ``address:port`` of every listening TCP socket of a fabmurder process."""
