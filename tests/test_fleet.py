@@ -16,7 +16,7 @@ import paramiko
 import pytest
 from fabric import Connection
 
-from fabmurder.testing import Fleet, FleetError, down, up
+from fabmurder.testing import Fleet, FleetError, down, hostinit, up
 from fabmurder.testing.net import choose_subnet, leftovers, netns_pids
 from fabmurder.testing.proc import is_alive, wait_until
 
@@ -86,6 +86,17 @@ def test_a_file_written_on_one_host_is_absent_on_the_others(fleet: Fleet) -> Non
         assert not Path(f"/tmp/{marker}").exists()
     finally:
         fleet.connection(writer).run(f"rm -f /srv/{marker} /tmp/{marker}")
+
+
+def test_the_login_shell_runs_debians_default_bashrc_not_this_machines(fleet: Fleet) -> None:
+    """A fresh server's root has Debian's .bashrc; this machine's may run pyenv init (125 ms)."""
+    default = next(Path(p) for p in hostinit.DEFAULT_BASHRC if Path(p).is_file())
+    results = fleet.group().run("cat ~/.bashrc", hide=True)
+    assert {r.stdout for r in results.values()} == {default.read_text()}
+    # and the host cannot change this machine's file through it
+    write = fleet.connection(1).run("echo x >> ~/.bashrc", hide=True, warn=True)
+    assert write.exited != 0
+    assert "Read-only file system" in write.stderr
 
 
 def test_new_hosts_start_with_an_empty_srv_and_tmp(small: Fleet) -> None:

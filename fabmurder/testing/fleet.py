@@ -3,7 +3,8 @@
 :func:`up` brings up *n* hosts. Each host is a network namespace on a bridge
 in the root namespace, with its own address in a private /24, its own
 OpenSSH ``sshd`` (key-only root login) and its own tmpfs ``/srv`` and
-``/tmp``; optionally each host's link is capped with ``tc``. The root
+``/tmp``, and Debian's default ``.bashrc`` for root instead of this
+machine's (as on a fresh server); optionally each host's link is capped with ``tc``. The root
 namespace (the control machine) reaches every host at its address.
 :func:`down` removes all of it and is idempotent; it also cleans what a
 crashed run of the same name left behind.

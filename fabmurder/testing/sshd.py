@@ -21,6 +21,8 @@ from fabmurder.testing import hostinit
 from fabmurder.testing.proc import FleetError, run, starttime, wait_until
 
 SSHD = "/usr/sbin/sshd"
+#: the SSH user's shell start-up file, replaced on each host by Debian's default
+BASHRC = os.path.expanduser("~root/.bashrc")
 START_TIMEOUT = 15.0
 
 CONFIG = """\
@@ -122,6 +124,7 @@ def boot(
         "--state", str(host_dir / "init.json"), "--hostname", name,
         "--port", str(port), "--log", str(host_dir / "sshd.log"),
         *[arg for d in private_dirs for arg in ("--tmpfs", f"{d}:{_mode(d)}")],
+        "--default-bashrc", BASHRC,
         "--", *sshd_argv(config, host_dir / "sshd.log"),
     ]  # fmt: skip
     # The init outlives this call: it must not hold our pipes open, so it logs to a file.
