@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import shlex
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -82,20 +83,49 @@ def host_name(conn: Any) -> str:
 
 
 def run_agent(
-    conn: Connection, s: Settings, command: str, *args: object, ok: tuple[int, ...] = (0,)
+    conn: Connection,
+    s: Settings,
+    command: str,
+    *args: object,
+    ok: tuple[int, ...] = (0,),
+    before: str = "",
 ) -> dict[str, Any]:
     """Run a host-side command on ``conn`` and return the JSON it printed.
 
     :param ok: exit codes that count as success (``daemon start`` adds 3).
+    :param before: a shell command run first, in the same round trip; the
+        host-side command runs only if it succeeds.
     :raises HostError: when the command exits with another code, with the
         last line of its stderr as the reason.
     """
-    result = conn.run(agent_command(s, command, *args), **QUIET)
+    line = agent_command(s, command, *args)
+    result = conn.run(f"{before} && {line}" if before else line, **QUIET)
     if result.exited not in ok:
         raise HostError(host_name(conn), f"{command}: {failure_reason(result)}", result)
     data = parse_json(result.stdout) or {}
     data.setdefault("exit", result.exited)
     return data
+
+
+class FastConnection(Connection):
+    """A Fabric Connection whose TCP socket sends small packets at once (``TCP_NODELAY``).
+
+    Paramiko leaves Nagle's algorithm on. Every SSH request of ours is a
+    few small packets that wait for an answer, so each one then waited for
+    the server's delayed ACK: opening a channel took 44 ms instead of under
+    1 ms on the lab fleet, and an SFTP upload several times that.
+    """
+
+    def open(self) -> Any:
+        was_connected = self.is_connected
+        result = super().open()
+        transport = self.client.get_transport()
+        sock = getattr(transport, "sock", None)
+        # Through a gateway the "socket" is a channel or a ProxyCommand: leave it.
+        if not was_connected and isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return result
 
 
 class Pool:
@@ -131,7 +161,7 @@ class Pool:
                 # its slot for minutes of TCP retries; the user's value wins.
                 timeouts = self.config.get("timeouts") or {}
                 timeout = timeouts.get("connect") or CONNECT_TIMEOUT
-                conn = Connection(host, config=self.config, connect_timeout=timeout)
+                conn = FastConnection(host, config=self.config, connect_timeout=timeout)
                 if self.strict_host_keys:
                     self._check_host_keys(conn)
                 self._connections[host] = conn
