@@ -10,8 +10,6 @@ Fabric by itself.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
 
 from fabmurder.errors import (
     ArtifactError,
@@ -23,10 +21,9 @@ from fabmurder.errors import (
     TorrentError,
 )
 
-try:
-    __version__ = version("fabmurder")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0+unknown"
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # public name -> module that defines it (control side, imported on demand)
 _LAZY: dict[str, str] = {
@@ -91,7 +88,22 @@ __all__ = [
 ]
 
 
+def _version() -> str:
+    # importlib.metadata costs 35-40 ms of CPU to import and scan: too much for
+    # every host-side command (17 of them share 2 cores in the lab), so
+    # __version__ is read on first use only.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fabmurder")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        globals()[name] = value = _version()
+        return value
     module_name = _LAZY.get(name)
     if module_name is None:
         raise AttributeError(f"module 'fabmurder' has no attribute {name!r}")

@@ -11,7 +11,9 @@ imports neither Fabric nor Invoke.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class MurderError(Exception):

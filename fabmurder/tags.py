@@ -9,9 +9,12 @@ sides: no Fabric here.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 
 from fabmurder.errors import ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from datetime import datetime
 
 #: letters, digits, dot, dash, underscore, plus; must start with a letter or digit
 TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
@@ -52,5 +55,8 @@ def validate_tag(tag: object) -> str:
 
 def default_tag(now: datetime | None = None) -> str:
     """Return a UTC timestamp tag such as ``20261126T141200Z``."""
+    # Imported here: the host side validates tags at every start and needs no clock.
+    from datetime import UTC, datetime
+
     moment = now or datetime.now(UTC)
     return moment.strftime("%Y%m%dT%H%M%SZ")

@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
-from typing import Any
 
 from fabmurder.errors import ConfigError
 from fabmurder.host.atomic import replace_file
 from fabmurder.host.cli import EXIT_OK, emit, run
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def validate_info_hash(text: str) -> str:

@@ -19,11 +19,13 @@ import stat
 import tarfile
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import IO, Any
 
 from fabmurder.errors import ArtifactError
 from fabmurder.host.atomic import replace_file
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, Any
 
 #: bytes read at a time when hashing
 CHUNK = 1024 * 1024
@@ -35,14 +37,20 @@ MARKER_SUFFIX = ".sha256"
 FORBIDDEN_MODE_BITS = stat.S_ISUID | stat.S_ISGID
 
 
-@dataclass(frozen=True)
 class Packed:
-    """What :func:`pack` wrote."""
+    """What :func:`pack` wrote.
 
-    path: str
-    sha256: str
-    size: int
-    files: int
+    A plain class, not a dataclass: ``dataclasses`` imports ``inspect``,
+    12 ms of CPU at every agent start, with 17 agents sharing 2 cores in the lab.
+    """
+
+    __slots__ = ("path", "sha256", "size", "files")
+
+    def __init__(self, path: str, sha256: str, size: int, files: int) -> None:
+        self.path = path
+        self.sha256 = sha256
+        self.size = size
+        self.files = files
 
 
 class _HashingWriter:

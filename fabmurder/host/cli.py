@@ -10,9 +10,12 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from fabmurder.errors import ConfigError, MurderError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 EXIT_OK = 0
 EXIT_FAILED = 1

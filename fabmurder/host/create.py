@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
 
 from fabmurder.host import artifact, metainfo
 from fabmurder.host.cli import EXIT_OK, emit, run
 from fabmurder.tags import validate_tag
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def create_release(

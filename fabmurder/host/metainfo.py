@@ -11,11 +11,13 @@ sentence a human can act on.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any
 
 from fabmurder.errors import TorrentError
 from fabmurder.host.atomic import replace_file
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: 256 KiB: the lab's sweet spot was 64-256 KiB (1 MiB and more got slower)
 DEFAULT_PIECE_SIZE = 256 * 1024
@@ -25,17 +27,28 @@ MAX_PIECE_SIZE = 16 * 1024 * 1024
 MAX_TORRENT_BYTES = 16 * 1024 * 1024
 
 
-@dataclass(frozen=True)
 class Metainfo:
-    """The facts about a release torrent that the agent relies on."""
+    """The facts about a release torrent that the agent relies on (a plain class, see Packed)."""
 
-    info_hash: str
-    name: str
-    size: int
-    piece_size: int
-    num_pieces: int
-    announce: str | None
-    raw: bytes
+    __slots__ = ("info_hash", "name", "size", "piece_size", "num_pieces", "announce", "raw")
+
+    def __init__(
+        self,
+        info_hash: str,
+        name: str,
+        size: int,
+        piece_size: int,
+        num_pieces: int,
+        announce: str | None,
+        raw: bytes,
+    ) -> None:
+        self.info_hash = info_hash
+        self.name = name
+        self.size = size
+        self.piece_size = piece_size
+        self.num_pieces = num_pieces
+        self.announce = announce
+        self.raw = raw
 
 
 def check_piece_size(piece_size: int) -> int:

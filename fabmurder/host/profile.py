@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from typing import Any
 
 from fabmurder.errors import ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: the datacenter profile; values measured or reasoned in docs/tuning.md
 DATACENTER: dict[str, Any] = {

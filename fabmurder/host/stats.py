@@ -10,10 +10,13 @@ import argparse
 import json
 import urllib.error
 import urllib.request
-from typing import Any
 
 from fabmurder.errors import MurderError
 from fabmurder.host.cli import EXIT_OK, emit, run
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: the tracker answers on loopback or the fleet network: anything slower is a failure
 TIMEOUT = 5.0

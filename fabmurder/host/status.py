@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
 
 from fabmurder.host import daemon
 from fabmurder.host.cli import EXIT_OK, emit, run
 from fabmurder.host.statusfile import StatusError, read_status
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def host_status(temp_path: str, dest: str | None = None) -> dict[str, Any]:

@@ -8,10 +8,13 @@ the control side, ``status`` and the tests read it back with
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from fabmurder.errors import MurderError
 from fabmurder.host.atomic import replace_file
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 STATES = (
     "starting",
