@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "stats": "fabmurder.host.stats",
     "status": "fabmurder.host.status",
     "clean": "fabmurder.host.clean",
+    "finish": "fabmurder.host.finish",
 }
 
 USAGE = "usage: python -m fabmurder {" + ",".join(COMMANDS) + "} [options]\n"

@@ -1,4 +1,4 @@
-"""The small host commands: allow, stats, status and clean."""
+"""The small host commands: allow, stats, status, clean and finish."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fabmurder.errors import ConfigError, MurderError
-from fabmurder.host import allowlist, clean
+from fabmurder.host import allowlist, clean, daemon, finish
 from fabmurder.testing.hostcli import run as fab
 
 # -- allow -----------------------------------------------------------------------
@@ -185,3 +185,73 @@ def test_clean_of_a_missing_temp_path_does_nothing(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(MurderError, match="not a directory"):
         clean.clean(str(tmp_path / "file"))
+
+
+# -- finish ----------------------------------------------------------------------
+
+
+def start_daemon(temp: Path, stem: str) -> int:
+    """Start a real fabmurder daemon (a tracker: quick to start) under ``<stem>.pid``."""
+    started = fab(
+        "daemon", "start", "--pid-file", str(temp / f"{stem}.pid"), "--log",
+        str(temp / f"{stem}.log"), "--", "tracker", "--bind", "127.0.0.1", "--port", "0",
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    return int(json.loads(started.stdout)["pid"])
+
+
+def test_finish_stops_the_roles_agents_of_one_tag_and_cleans_its_files(tmp_path: Path) -> None:
+    temp = tmp_path / "tmp"
+    populate(temp)
+    peer = start_daemon(temp, "peer-v1")
+    other = start_daemon(temp, "peer-v2")
+    seed = start_daemon(temp, "seed-v1")
+    try:
+        result = fab("finish", "--temp-path", str(temp), "--role", "peer", "--tag", "v1", "--clean")
+        # The seed-v1 agent still runs, so the release's files must stay: exit 1, nothing lost.
+        assert result.returncode == 1
+        out = json.loads(result.stdout)
+        assert [(Path(r["pid_file"]).name, r["pid"]) for r in out["stopped"]] == [
+            ("peer-v1.pid", peer)
+        ]
+        assert "still has a running seeder or peer" in out["error"] in result.stderr
+        assert daemon.proc_starttime(peer) is None or daemon._is_zombie(peer)
+        assert (temp / "v1.tar").exists()
+        result = fab(
+            "finish", "--temp-path", str(temp), "--role", "seed", "--role", "peer",
+            "--tag", "v1", "--clean",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        out = json.loads(result.stdout)
+        assert [r["pid"] for r in out["stopped"] if r["stopped"]] == [seed]
+        assert "v1.tar" in out["clean"]["removed"] and not (temp / "v1.tar").exists()
+        # another release's agent and files, and the tracker's, are untouched
+        assert daemon.is_ours(daemon.read_pid_file(str(temp / "peer-v2.pid")))
+        assert (temp / "v2.tar").exists() and (temp / "tracker.allow").exists()
+    finally:
+        for stem in ("peer-v1", "peer-v2", "seed-v1"):
+            fab("daemon", "stop", "--pid-file", str(temp / f"{stem}.pid"))
+    assert daemon.proc_starttime(other) is None or daemon._is_zombie(other)
+
+
+def test_finish_picks_pid_files_by_role_and_tag_only(tmp_path: Path) -> None:
+    names = ["tracker.pid", "peer-v1.pid", "peer-v1.2.pid", "seed-v1.pid", "peer-v1.log",
+             "peer-v1.pid.tmp-ab12", "notes.pid", "peer-v1.status.json"]  # fmt: skip
+    for name in names:
+        (tmp_path / name).write_text("x")
+
+    def picked(roles: list[str], tag: str | None) -> list[str]:
+        return [Path(p).name for p in finish.pid_files(str(tmp_path), roles, tag)]
+
+    assert picked(["peer"], "v1") == ["peer-v1.pid"]
+    assert picked(["peer"], None) == ["peer-v1.2.pid", "peer-v1.pid"]
+    assert picked(["tracker"], None) == ["tracker.pid"]
+    assert picked(["seed", "peer"], "v1.2") == ["peer-v1.2.pid"]
+    assert finish.pid_files(str(tmp_path / "gone"), ["peer"], None) == []
+
+
+def test_finish_refuses_clean_without_a_tag_and_bad_tags(tmp_path: Path) -> None:
+    result = fab("finish", "--temp-path", str(tmp_path), "--role", "peer", "--clean")
+    assert result.returncode == 2 and "--clean needs --tag" in result.stderr
+    result = fab("finish", "--temp-path", str(tmp_path), "--role", "peer", "--tag", "../x")
+    assert result.returncode == 2 and "invalid release tag" in result.stderr

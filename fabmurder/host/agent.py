@@ -2,8 +2,9 @@
 
 :class:`Agent` owns the session, the torrent handle and the status
 dictionary. Every alert passes through :meth:`Agent.pump`, which waits on
-libtorrent with a short timeout (never a bare sleep), so signals and
-deadlines are seen within a quarter second. The seed and peer flows that
+libtorrent with a short timeout (never a bare sleep), so deadlines are
+seen within a quarter second; a SIGTERM ends the wait at once (a thread
+woken by the signal posts an alert). The seed and peer flows that
 drive it live in :mod:`fabmurder.host.swarm`.
 """
 
@@ -12,13 +13,16 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import threading
 import time
-from dataclasses import dataclass
-from typing import Any
 
 from fabmurder.errors import ConfigError, MurderError
 from fabmurder.host import metainfo, profile
 from fabmurder.host.statusfile import write_status
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: the status file is rewritten at most this often (plus on each change of state)
 STATUS_INTERVAL = 0.5
@@ -35,7 +39,6 @@ REANNOUNCE_RETRY = 2.0
 BLOCK_SIZE = 16 * 1024
 
 
-@dataclass
 class Transfer:
     """Payload bytes received, split between the seeder and everyone else.
 
@@ -49,11 +52,10 @@ class Transfer:
     or fails its hash check.
     """
 
-    seeder: str | None
-    from_seeder: int = 0
-    from_peers: int = 0
-
-    def __post_init__(self) -> None:
+    def __init__(self, seeder: str | None) -> None:
+        self.seeder = seeder
+        self.from_seeder = 0
+        self.from_peers = 0
         self.requested: dict[tuple[int, int], str] = {}
         self.received: dict[tuple[int, int], str] = {}
 
@@ -84,7 +86,7 @@ class Transfer:
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT: the main loop sees it within one alert wait."""
+    """Set by SIGTERM/SIGINT: the main loop sees it when its alert wait ends."""
 
     requested = False
 
@@ -95,6 +97,30 @@ class StopFlag:
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+
+
+def wake_on_signal(agent: Agent) -> None:
+    """End the main thread's wait for alerts as soon as a signal arrives.
+
+    Python runs a signal handler only when the main thread is back from C,
+    and ``wait_for_alert`` blocks in C for up to ALERT_WAIT_MS: a stop then
+    waited up to a quarter second, on every host. The signal's wakeup fd
+    wakes a thread that posts an alert (session stats, always posted), so
+    the wait returns and the handler runs at once.
+    """
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+
+    def waker() -> None:
+        while os.read(read_fd, 64):
+            # Looked up each time: holding the session here would keep it from
+            # closing (and from announcing "stopped") when the agent lets it go.
+            ses = agent.ses
+            if ses is not None:
+                ses.post_session_stats()
+
+    threading.Thread(target=waker, name="fabmurder-wake", daemon=True).start()
 
 
 class Agent:
@@ -179,6 +205,7 @@ class Agent:
         except (KeyError, TypeError, ValueError) as exc:
             # Only --settings can name an unknown setting or a wrong type.
             raise ConfigError(f"invalid libtorrent setting in --settings: {exc}") from exc
+        wake_on_signal(self)
         self.ses.set_peer_class_filter(profile.peer_class_filter())
         if args.allow:
             self.ses.set_ip_filter(profile.ip_filter(args.allow))

@@ -11,12 +11,15 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from typing import Any
 
 from fabmurder.errors import MurderError
 from fabmurder.host import daemon
 from fabmurder.host.cli import EXIT_OK, emit, run
 from fabmurder.tags import validate_tag
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _TMP = r"(?:\.tmp-[A-Za-z0-9_]+)?"
 #: file name -> (kind, tag); kind "release" or the daemon role owning it

@@ -19,10 +19,13 @@ import select
 import signal
 import sys
 import time
-from typing import Any
 
 from fabmurder.host.atomic import replace_file
 from fabmurder.host.cli import EXIT_FAILED, EXIT_OK, EXIT_RUNNING, EXIT_USAGE, emit, fail
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 READY_FD_ENV = "FABMURDER_READY_FD"
 PID_FILE_ENV = "FABMURDER_PID_FILE"
@@ -290,14 +293,33 @@ def stop(pid_file: str, timeout: float) -> dict[str, Any]:
 
 def _wait_gone(record: dict[str, Any], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
+    _wait_exit(record, timeout)
     delay = 0.01
     while time.monotonic() < deadline:
         if not is_ours(record):
             return True
-        # Not our child, so there is nothing to wait on but /proc; back off.
+        # Not our child: without a pidfd there is nothing to wait on but /proc; back off.
         time.sleep(delay)
         delay = min(delay * 2, 0.2)
     return not is_ours(record)
+
+
+def _wait_exit(record: dict[str, Any], timeout: float) -> None:
+    """Block until the process of ``record`` exits or ``timeout`` passes (Linux pidfd).
+
+    Returns at once where pidfds are missing; the caller's /proc polling
+    then does the waiting. The pidfd is opened first and the process
+    checked after, so it names the very process the record does.
+    """
+    try:
+        fd = os.pidfd_open(record["pid"])
+    except (AttributeError, OSError):
+        return
+    try:
+        if is_ours(record):
+            select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
 
 
 def status(pid_file: str) -> dict[str, Any]:
