@@ -9,6 +9,7 @@ only (``daemon stop`` checks the PID is still ours), never a name pattern.
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 from collections.abc import Iterable
@@ -20,7 +21,7 @@ from fabric.group import GroupResult
 
 from fabmurder.config import Settings
 from fabmurder.errors import HostError
-from fabmurder.remote import agent_command, failure_reason, run_agent
+from fabmurder.remote import QUIET, agent_command, failure_reason, parse_json, run_agent
 from fabmurder.report import Event
 from fabmurder.roles import Run, probe, quote, require_reachable, shell
 from fabmurder.tags import validate_tag
@@ -30,6 +31,8 @@ def tracker_token(run: Run) -> str:
     """Return the tracker's URL token, made once and kept on the tracker host."""
     s = run.s
     assert s.tracker
+    if run.tracker_token:
+        return run.tracker_token
     path = s.tmp("tracker.token")
     wanted = s.tracker_token or secrets.token_hex(16)
     tmp = quote(path + ".tmp")
@@ -39,6 +42,7 @@ def tracker_token(run: Run) -> str:
     token = shell(run.conn(s.tracker), command, "making the tracker token").stdout.strip()
     if not token:
         raise HostError(s.tracker, f"the tracker token file {path} is empty")
+    run.tracker_token = token
     return token
 
 
@@ -115,51 +119,49 @@ def register(run: Run, info_hash: str, add: bool = True) -> None:
     run_agent(run.conn(s.tracker), s, *args)
 
 
-def stop_daemons(run: Run, hosts: Iterable[str], stem: str, tag: str | None) -> GroupResult:
-    """Stop every daemon whose PID file matches ``<stem>-<tag>.pid`` on each host."""
+def stop_daemons(
+    run: Run, roles: dict[str, list[str]], tag: str | None, clean: bool = False
+) -> GroupResult:
+    """Stop the daemons of each host's ``roles`` (of release ``tag``, or all) by their PID files.
+
+    One SSH command and one host-side process per host (``finish``); with
+    ``clean`` (needs ``tag``) the release's temp files and upload go too.
+
+    :returns: per host, ``daemon stop``'s records (each with its ``pid_file``).
+    """
     s = run.s
-    pattern = (
-        quote(s.temp_path)
-        + "/"
-        + (stem if stem == "tracker" else f"{stem}-{quote(tag) if tag else '*'}")
-        + ".pid"
-    )
-    stop = agent_command(s, "daemon", "stop", "--pid-file", "PIDFILE").replace("PIDFILE", '"$f"')
-    command = (
-        f"test -x {quote(s.agent_python)} || exit 0; "
-        f'for f in {pattern}; do [ -e "$f" ] || continue; printf "%s\\n" "$f"; {stop}; done'
-    )
 
-    def stop_all(conn: Connection) -> list[dict[str, Any]]:
-        """Stop the matching daemons on one host; return ``daemon stop``'s records."""
-        result = shell(conn, command, f"stopping {stem}", timeout=120)
-        stopped: list[dict[str, Any]] = []
-        pid_file = None
-        for line in result.stdout.splitlines():
-            if line.startswith("{"):
-                record = json.loads(line)
-                record["pid_file"] = pid_file
-                stopped.append(record)
-            elif line.strip():
-                pid_file = line.strip()
-        return stopped
+    def finish(conn: Connection) -> list[dict[str, Any]]:
+        """Stop (and clean) on one host; return the stop records."""
+        host = run.pool.host_of(conn)
+        args: list[object] = ["--temp-path", s.temp_path]
+        for role in roles[host]:
+            args += ["--role", role]
+        args += ["--tag", tag] if tag else []
+        command = f"test -x {quote(s.agent_python)} || exit 0; "
+        command += agent_command(s, "finish", *args, *(["--clean"] if clean else []))
+        if clean and tag:
+            uploads = [quote(s.tmp(f"upload-{tag}")), quote(s.tmp(f"upload-{tag}.tar"))]
+            command += f" && rm -rf -- {' '.join(uploads)}"
+        result = conn.run(command, timeout=120, **QUIET)
+        data = parse_json(result.stdout) or {}
+        if result.exited != 0:
+            why = data.get("error") or failure_reason(result)
+            raise HostError(host, f"finish {'/'.join(roles[host])}: {why}")
+        return list(data.get("stopped") or [])
 
-    result = run.pool.fan_out(hosts, stop_all)
+    result = run.pool.fan_out(roles, finish)
     for host, value in run.pool.by_host(result).items():
+        what = " or ".join(roles[host])
         if isinstance(value, BaseException):
-            run.emit(
-                Event(
-                    "host",
-                    f"could not stop {stem}",
-                    host,
-                    {"ok": False, "reason": failure_reason(value)},
-                )
-            )
+            reason = failure_reason(value)
+            message = f"could not stop {what}" + (" or clean up" if clean else "")
+            run.emit(Event("host", message, host, {"ok": False, "reason": reason}))
             continue
-        what = [
+        names = [
             f"{Path(r['pid_file'] or '?').name} pid {r['pid']}" for r in value if r.get("stopped")
         ]
-        message = f"stopped {', '.join(what)}" if what else f"no {stem} running"
+        message = f"stopped {', '.join(names)}" if names else f"no {what} running"
         data = {"ok": True, "stopped": value, "quiet": run.quiet}
         run.emit(Event("host", message, host, data))
     return result
@@ -217,15 +219,40 @@ def rate_args(s: Settings, download: bool) -> list[object]:
     return args
 
 
+#: a torrent up to this size travels inside the peer's start command (base64),
+#: which saves a directory command and an SFTP session per peer; a larger one
+#: (a release over about 600 MiB at 256 KiB pieces) is uploaded first. The
+#: command stays well under Linux's 128 KiB limit on one argument.
+INLINE_TORRENT_MAX = 48 * 1024
+
+
+def place_torrent(run: Run, conn: Connection, torrent: Path) -> str:
+    """Return the shell step that makes the directories and puts ``torrent`` in place.
+
+    A large torrent is uploaded here (SFTP) and the step only makes the
+    directories; a small one is written by the step itself, atomically.
+    """
+    s = run.s
+    assert s.destination_path
+    final = s.tmp(f"{s.tag}.torrent")
+    dirs = f"mkdir -p -- {quote(s.temp_path)} {quote(s.destination_path)}"
+    data = torrent.read_bytes()
+    if len(data) > INLINE_TORRENT_MAX:
+        shell(conn, f"mkdir -p -- {quote(s.temp_path)}", "making temp_path")
+        conn.put(str(torrent), remote=final)
+        return dirs
+    # ".tmp-inline": a name the clean command knows as a temporary sibling
+    tmp = quote(final + ".tmp-inline")
+    encoded = quote(base64.b64encode(data).decode("ascii"))
+    return f"{dirs} && printf %s {encoded} | base64 -d > {tmp} && mv -f -- {tmp} {quote(final)}"
+
+
 def start_peer(run: Run, conn: Connection, torrent: Path, sha256: str) -> int | None:
-    """Copy the torrent to one peer and start its agent, detached; return its PID."""
+    """Put the torrent on one peer and start its agent, detached; return its PID."""
     s = run.s
     assert s.destination_path and s.seeder
     host = run.pool.host_of(conn)
-    shell(
-        conn, f"mkdir -p -- {quote(s.temp_path)} {quote(s.destination_path)}", "making directories"
-    )
-    conn.put(str(torrent), remote=s.tmp(f"{s.tag}.torrent"))
+    before = place_torrent(run, conn, torrent)
     args: list[object] = [
         "--torrent", s.tmp(f"{s.tag}.torrent"), "--save-path", s.temp_path,
         "--bind", run.addresses[host], "--port", s.peer_port,
@@ -243,7 +270,7 @@ def start_peer(run: Run, conn: Connection, torrent: Path, sha256: str) -> int | 
     data = run_agent(
         conn, s, "daemon", "start",
         "--pid-file", s.tmp(f"peer-{s.tag}.pid"), "--log", s.tmp(f"peer-{s.tag}.log"),
-        "--", "peer", *args, ok=(0, 3),
+        "--", "peer", *args, ok=(0, 3), before=before,
     )  # fmt: skip
     pid = data.get("pid")
     return int(pid) if isinstance(pid, int) else None

@@ -45,7 +45,8 @@ Keys (all under ``murder``):
     torrent piece size in bytes (default: chosen by ``create``); libtorrent
     setting overrides passed to the agents.
 ``poll_interval`` (1.0)
-    seconds between two progress polls of the hosts.
+    longest gap between two progress polls of a peer (polls come sooner
+    right after the start and when a peer's download should be done).
 ``strict_host_keys`` (True), ``known_hosts``
     refuse a host whose SSH key is unknown or changed, checked against
     ``known_hosts`` (a path or list; default the SSH config's

@@ -180,6 +180,11 @@ def _python_check(python: str, modules: str) -> str:
     return f"{shlex.quote(python)} -c {shlex.quote(code)}"
 
 
+def stamp_path(s: Settings) -> str:
+    """Return the host path of the stamp that names the installed wheel set."""
+    return f"{s.remote_path}/installed.sha256"
+
+
 def install_host(conn: Connection, s: Settings, wheels: WheelSet) -> str:
     """Install the agent on one host; return "installed" or "up to date".
 
@@ -188,7 +193,7 @@ def install_host(conn: Connection, s: Settings, wheels: WheelSet) -> str:
     host = host_name(conn)
     root = shlex.quote(s.remote_path)
     venv_py = shlex.quote(s.agent_python)
-    stamp = f"{s.remote_path}/installed.sha256"
+    stamp = stamp_path(s)
     probe = conn.run(f"test -x {venv_py} && cat {shlex.quote(stamp)} 2>/dev/null || true", **QUIET)
     if probe.stdout.strip() == wheels.digest:
         return "up to date"

@@ -102,7 +102,7 @@ def _stop_task(
     if not hosts:
         raise ConfigError(f"murder.{role} is not set: nothing to stop", key=role)
     with run.pool:
-        return stop_daemons(run, hosts, stem, tag)
+        return stop_daemons(run, {host: [stem] for host in hosts}, tag)
 
 
 def stop_tracker(c: Any, *, on_event: EventCallback | None = None, **overrides: Any) -> GroupResult:
@@ -190,9 +190,7 @@ def _create(run: Run, announce: str) -> dict[str, Any]:
     ]
     if s.piece_size:
         args += ["--piece-size", s.piece_size]
-    conn = run.conn(s.seeder)
-    shell(conn, f"mkdir -p -- {quote(s.temp_path)}", "making temp_path")
-    info = run_agent(conn, s, "create", *args)
+    info = run_agent(run.conn(s.seeder), s, "create", *args)  # it makes temp_path
     for key in ("info_hash", "sha256", "torrent"):
         if not info.get(key):
             raise HostError(s.seeder, f"create printed no {key}: {info}")
@@ -284,7 +282,8 @@ def _start_peers(
             r.reason = f"could not start the peer agent: {failure_reason(value)}"
             run.emit(Event("host", "failed", host, {"ok": False, "reason": r.reason}))
             continue
-        watches[host] = Watch(r, pid=value, started=started)
+        # polled=started: the first poll comes FAST_POLL after the start, not at once
+        watches[host] = Watch(r, pid=value, started=started, polled=started)
     return watches
 
 
@@ -295,22 +294,22 @@ def _finish(run: Run, peers: list[str], info_hash: str | None) -> None:
     run.phase("stopping seeding and peering, cleaning temp files")
     # After an interruption every stop is news; after a normal end a summary will do.
     run.quiet = not run.interrupted
+    roles: dict[str, list[str]] = {}
+    for host, role in [(s.seeder, "seed"), *((h, "peer") for h in alive)]:
+        if host:
+            roles.setdefault(host, []).append(role)
     try:
-        stopped = 0
-        seeders = [s.seeder] if s.seeder else []
-        jobs = [(hosts, stem) for hosts, stem in ((seeders, "seed"), (alive, "peer")) if hosts]
-        # The seeder and the peers stop at the same time, and the clean-up runs
-        # beside the tracker's deregistration: each is an SSH round trip that
-        # waits for a Python start, which was most of a small deploy's tail.
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            for result in pool.map(lambda job: stop_daemons(run, job[0], job[1], s.tag), jobs):
-                for value in result.succeeded.values():
-                    stopped += sum(1 for record in value if record.get("stopped"))
+        # One command per host stops its agents and removes the release's temp
+        # files, beside the tracker's deregistration: each SSH round trip that
+        # starts a Python on every host was a large part of a small deploy's tail.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            deregistering = pool.submit(register, run, info_hash, False) if info_hash else None
+            result = stop_daemons(run, roles, s.tag, clean=True)
+            records = [record for value in result.succeeded.values() for record in value]
+            stopped = sum(1 for record in records if record.get("stopped"))
             run.phase(f"stopped {stopped} daemon(s)")
-            cleaning = pool.submit(clean, run, [h for h in [s.seeder, *alive] if h], s.tag)
-            if info_hash:
-                register(run, info_hash, add=False)
-            cleaning.result()
+            if deregistering:
+                deregistering.result()
     except MurderError as exc:
         run.emit(Event("warning", f"cleanup incomplete: {exc}"))
 

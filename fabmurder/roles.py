@@ -48,6 +48,10 @@ class Run:
     seeder_lost: str | None = None
     #: the secret path element this run's torrent announces under (see agents.deploy_token)
     deploy_token: str | None = None
+    #: the tracker's own URL token, once read from (or written to) the tracker host
+    tracker_token: str | None = None
+    #: host -> the agent's install stamp (wheel-set digest) as the probe read it
+    stamps: dict[str, str] = field(default_factory=dict)
 
     def conn(self, host: str) -> Connection:
         """Return the run's connection to ``host``."""
@@ -104,12 +108,19 @@ def probe(run: Run, hosts: Iterable[str], check_dest: Iterable[str] = ()) -> dic
     """
     s = run.s
     dest = f"{s.destination_path}/{s.tag}" if s.destination_path else None
+    stamp = quote(install.stamp_path(s)) + " 2>/dev/null"
     hosts = [h for h in hosts if h not in run.addresses]
     check = set(check_dest)
 
     def read(conn: Connection) -> dict[str, str]:
         """Read one host's address (and whether the release exists) over SSH."""
         command = 'printf "addr=%s\\n" "${SSH_CONNECTION:-}"'
+        # The agent's install stamp, so that an up-to-date host needs no SSH
+        # command of its own in install_agent.
+        command += (
+            f"; if test -x {quote(s.agent_python)}; then "
+            f"printf 'stamp=%s\\n' \"$(cat {stamp})\"; fi"
+        )
         if run.pool.host_of(conn) in check and dest:
             marker = f"{s.destination_path}/.{s.tag}.sha256"
             command += (
@@ -128,6 +139,7 @@ def probe(run: Run, hosts: Iterable[str], check_dest: Iterable[str] = ()) -> dic
         fields = value.get("addr", "").split()
         address = fields[2] if len(fields) >= 3 else resolve(run.conn(host).host)
         run.addresses[host] = address
+        run.stamps[host] = value.get("stamp", "").strip()
         if value.get("exists") == "1":
             marker = value.get("marker", "").strip().lower()
             run.existing[host] = marker if len(marker) == 64 else ""
@@ -152,11 +164,18 @@ def require_reachable(run: Run, failures: dict[str, str], *hosts: str | None) ->
 def install_agent(run: Run, hosts: Iterable[str]) -> dict[str, str]:
     """Install the agent on ``hosts``; return host -> failure reason."""
     wheels = install.wheel_set(run.s)
+    hosts = list(hosts)
+    counts: dict[str, int] = {}
+    current = [h for h in hosts if run.stamps.get(h) == wheels.digest]
+    if current:
+        counts["up to date"] = len(current)
     result = run.pool.by_host(
-        run.pool.fan_out(hosts, lambda conn: install.install_host(conn, run.s, wheels))
+        run.pool.fan_out(
+            [h for h in hosts if h not in current],
+            lambda conn: install.install_host(conn, run.s, wheels),
+        )
     )
     failures = {}
-    counts: dict[str, int] = {}
     for host, value in result.items():
         if isinstance(value, BaseException):
             failures[host] = failure_reason(value)

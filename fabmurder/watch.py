@@ -24,6 +24,12 @@ from fabmurder.roles import POLL_TIMEOUT, Run, quote
 
 #: seconds the control side waits beyond ``timeout`` before it gives up on a peer
 GRACE = 30.0
+#: the tracker's swarm numbers only decorate the progress line: read them at
+#: most this often (each read starts a Python on the tracker host)
+STATS_INTERVAL = 1.0
+#: the shortest time between two polls of one peer: right after the start
+#: (the gap then grows by this much per poll) and when its end is due
+FAST_POLL = 0.1
 
 
 @dataclass
@@ -36,6 +42,28 @@ class Watch:
     polled: float = 0.0
     future: Future[Any] | None = None
     submitted: float = 0.0
+    #: polls answered so far, and the download rate the last two of them showed
+    polls: int = 0
+    rate: float = 0.0
+    measured: float = 0.0
+
+    def next_poll(self, interval: float, size: int, fast: float = FAST_POLL) -> float:
+        """Return when to poll this peer next: sooner when it should be about done.
+
+        A fixed interval made a small release wait most of a poll_interval
+        after its last peer was done. Early polls come FAST_POLL apart, the
+        gap growing by FAST_POLL each time up to ``interval``; once the
+        download rate is known, the next poll comes when the rest should be
+        in, and never later than ``interval``.
+        """
+        r = self.report
+        if r.state in ("verifying", "extracting") or (size and r.bytes >= size):
+            delay = fast
+        elif self.rate > 0:
+            delay = (size - r.bytes) / self.rate
+        else:
+            delay = fast * (self.polls + 1)
+        return self.polled + min(interval, max(fast, delay))
 
 
 def read_status(run: Run, conn: Connection, pid: int | None) -> tuple[dict[str, Any] | None, bool]:
@@ -133,15 +161,24 @@ def watch(run: Run, watches: dict[str, Watch], stats_url: str | None, info: dict
                 return
             # Polling slows down on large fleets so the control machine's SSH
             # traffic stays modest: about 200 status reads a second at most.
-            interval = max(s.poll_interval, len(pending) / 200)
+            fast = max(FAST_POLL, len(pending) / 200)
+            interval = max(s.poll_interval, fast)
+            due = []
             for w in pending:
-                if w.future is None and now - w.polled >= interval:
-                    w.polled = w.submitted = now
-                    w.future = pool.submit(read_status, run, run.conn(w.report.host), w.pid)
-            if stats_url and s.tracker and stats is None and now - stats_polled >= interval:
+                if w.future is not None:
+                    continue
+                at = w.next_poll(interval, size, fast)
+                if now < at:
+                    due.append(at - now)
+                    continue
+                w.polled = w.submitted = now
+                w.future = pool.submit(read_status, run, run.conn(w.report.host), w.pid)
+            stats_due = now - stats_polled >= max(interval, STATS_INTERVAL)
+            if stats_url and s.tracker and stats is None and stats_due:
                 stats_polled = now
                 stats = pool.submit(run_agent, run.conn(s.tracker), s, "stats", "--url", stats_url)
-            pause(min(s.poll_interval, 0.5), [*(w.future for w in pending), stats])
+            wait_for = min([s.poll_interval, 0.5, *due])
+            pause(max(0.01, wait_for), [*(w.future for w in pending), stats])
     finally:
         # A poll stuck on a dead host must not hold the run; closing the pool's
         # connections later unblocks its thread.
@@ -167,7 +204,12 @@ def _collect(run: Run, w: Watch, now: float) -> None:
         run.unreachable[w.report.host] = failure_reason(exc)
         _fail(run, w, f"lost contact during the download: {failure_reason(exc)}")
         return
+    before, before_at = w.report.bytes, w.measured
     apply_status(w, status, alive, now, run)
+    w.polls += 1
+    if w.report.bytes > before and before_at:
+        w.rate = (w.report.bytes - before) / max(now - before_at, 1e-3)
+    w.measured = now
     if w.report.finished:
         r = w.report
         message = r.state if r.state == "already installed" else "installed"

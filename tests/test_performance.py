@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -71,3 +76,89 @@ def test_phases_follow_the_order_the_events_came_in() -> None:
     assert phases["verify_and_extract"] == 1.0
     assert phases["stop_and_clean"] == 2.0
     assert sum(phases.values()) == pytest.approx(32.0)
+
+
+# -- the control plane's cuts (docs/performance.md, "fixed overhead") ------------------
+
+
+def _watch(polls: int = 0, rate: float = 0.0, state: str = "downloading", done: int = 0) -> Any:
+    from fabmurder.report import HostReport
+    from fabmurder.watch import Watch
+
+    report = HostReport("h")
+    report.state, report.bytes = state, done
+    return Watch(report, polled=100.0, polls=polls, rate=rate)
+
+
+def test_polls_start_fast_and_back_off_to_the_poll_interval() -> None:
+    from fabmurder.watch import FAST_POLL
+
+    gaps = [_watch(polls=n).next_poll(1.0, 10_000) - 100.0 for n in range(12)]
+    assert gaps[0] == pytest.approx(FAST_POLL)
+    assert gaps == sorted(gaps) and gaps[-1] == pytest.approx(1.0)
+
+
+def test_a_peer_is_polled_when_its_download_should_be_done() -> None:
+    # 4,000 bytes left at 1,000 bytes/s: due in 4 s, but never later than the interval
+    assert _watch(polls=5, rate=1000.0, done=6000).next_poll(1.0, 10_000) == pytest.approx(101.0)
+    assert _watch(polls=5, rate=10_000.0, done=7000).next_poll(1.0, 10_000) == pytest.approx(100.3)
+    # verifying and extracting take a moment: poll fast, whatever the rate said
+    for w in (_watch(state="verifying", done=10_000), _watch(polls=9, done=10_000)):
+        assert w.next_poll(1.0, 10_000) == pytest.approx(100.1)
+    # a large fleet's floor (200 polls a second in all) wins over FAST_POLL
+    assert _watch().next_poll(5.0, 10_000, fast=2.5) == pytest.approx(102.5)
+
+
+def test_the_inline_torrent_step_writes_the_exact_bytes_with_a_real_shell(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from fabmurder.agents import INLINE_TORRENT_MAX, place_torrent
+    from fabmurder.config import Settings
+
+    torrent = tmp_path / "local.torrent"
+    torrent.write_bytes(bytes(range(256)) * 40 + b"'$(touch pwned)`;\n")
+    assert torrent.stat().st_size <= INLINE_TORRENT_MAX
+    temp, dest = tmp_path / "t mp", tmp_path / "de$st"
+    s = SimpleNamespace(temp_path=str(temp), destination_path=str(dest), tag="v1")
+    s.tmp = lambda name: f"{temp}/{name}"
+    step = place_torrent(SimpleNamespace(s=cast(Settings, s)), cast(Any, None), torrent)
+    subprocess.run(["sh", "-c", step], check=True, cwd=tmp_path)
+    assert (temp / "v1.torrent").read_bytes() == torrent.read_bytes()
+    assert dest.is_dir() and not (tmp_path / "pwned").exists()
+    assert sorted(p.name for p in temp.iterdir()) == ["v1.torrent"]
+
+
+def test_atomic_temp_names_are_new_private_files_the_clean_up_recognises(tmp_path: Path) -> None:
+    from fabmurder.host import atomic
+    from fabmurder.host.clean import classify
+
+    fd, path = atomic._create_temp(str(tmp_path), "v1.torrent.tmp-")
+    os.close(fd)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert classify(Path(path).name) == ("release", "v1")
+    atomic.replace_file(str(tmp_path / "v1.torrent"), b"data", mode=0o644)
+    assert (tmp_path / "v1.torrent").read_bytes() == b"data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([Path(path).name, "v1.torrent"])
+
+
+def test_a_signal_ends_the_agents_wait_for_alerts_at_once() -> None:
+    from types import SimpleNamespace
+
+    import libtorrent as lt
+
+    from fabmurder.host.agent import wake_on_signal
+
+    ses = lt.session({"listen_interfaces": "127.0.0.1:0", "enable_dht": False})
+    old_handler = signal.signal(signal.SIGUSR1, lambda *_: None)
+    try:
+        wake_on_signal(cast(Any, SimpleNamespace(ses=ses)))
+        ses.wait_for_alert(200)
+        ses.pop_alerts()
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        # Without the waker this wait would run its full 30 s and return None.
+        alert = ses.wait_for_alert(30_000)
+        assert alert is not None
+        assert any(type(a).__name__.startswith("session_stats") for a in ses.pop_alerts())
+    finally:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGUSR1, old_handler)
