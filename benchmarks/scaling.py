@@ -67,7 +67,6 @@ def context(fl: Fleet, peers: list[Host], extra: dict[str, Any]) -> Context:
         "destination_path": DEST,
         "timeout": 300,
         "seed_after": 5,
-        "poll_interval": 0.2,
         **extra,
     }
     return Context(config=config)
@@ -249,7 +248,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="peer counts to time the central push at ('all', 'none' or a list); "
         "the others are extrapolated from the measured rate",
     )
-    p.add_argument("--no-overhead", action="store_true", help="skip the 1 MiB uncapped run")
+    p.add_argument("--no-overhead", action="store_true", help="skip the 1 MiB uncapped runs")
+    p.add_argument(
+        "--overhead-runs", type=int, default=3, help="1 MiB uncapped runs (each one is judged)"
+    )
     p.add_argument("--settings", default=None, help="libtorrent overrides as JSON")
     p.add_argument("--piece-kib", type=int, default=None, help="piece size in KiB")
     p.add_argument("--name", default="bench", help="fleet name")
@@ -339,10 +341,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.no_overhead:
             shape(fl, None)
             small = {**extra, "files_path": SMALL}
-            r = deploy(fl, max(ns), f"o{int(time.time())}", small)
-            results["overhead"] = r
-            print(f"overhead N={max(ns)}, 1 MiB, uncapped: wall {r['wall_s']} s", flush=True)
-            print(f"  phases: {r['phases']}", flush=True)
+            results["overhead_runs"] = []
+            for i in range(max(1, args.overhead_runs)):
+                r = deploy(fl, max(ns), f"o{i}-{int(time.time())}", small)
+                results["overhead_runs"].append(r)
+                checkpoint(results, args.out)
+                over = r["wall_s"] - r["transfer_s"]
+                print(
+                    f"overhead N={max(ns)}, 1 MiB, uncapped: wall {r['wall_s']} s, "
+                    f"transfer {r['transfer_s']} s, {over:.2f} s more",
+                    flush=True,
+                )
+                print(f"  phases: {r['phases']}", flush=True)
     finally:
         if not args.keep:
             fleets.down(args.name)
@@ -405,10 +415,15 @@ def summarise(results: dict[str, Any], size: int) -> dict[str, Any]:
     cpu = [r["peer_cpu_s_per_mib"] for r in results["swarm"] if r["peer_cpu_s_per_mib"]]
     if cpu:
         goals["peer_cpu_s_per_mib"] = round(sum(cpu) / len(cpu), 4)
-    over = results.get("overhead")
-    if over:
-        extra_s = over["wall_s"] - over["transfer_s"]
-        goals["overhead"] = {"wall_minus_transfer_s": round(extra_s, 3), "met": extra_s <= 3}
+    # Older result files hold one run under "overhead".
+    overs = results.get("overhead_runs") or ([results["overhead"]] if "overhead" in results else [])
+    if overs:
+        extra = sorted(r["wall_s"] - r["transfer_s"] for r in overs)
+        goals["overhead"] = {
+            "wall_minus_transfer_s": [round(x, 3) for x in extra],
+            "median_s": round(extra[len(extra) // 2], 3),
+            "met": extra[-1] <= 3,  # every run, not the median
+        }
     seeds = [r for r in results["swarm"] if r.get("seeder_loop_cpu_s") is not None]
     if seeds:
         share = max(
