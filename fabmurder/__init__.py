@@ -38,7 +38,7 @@ _LAZY: dict[str, str] = {
     "peer_download": "fabmurder.pipeline",
     "stop_peering": "fabmurder.pipeline",
     "clean_temp_files": "fabmurder.pipeline",
-    "status": "fabmurder.pipeline",
+    "status": "fabmurder.status",
     "deploy": "fabmurder.releases",
     "publish": "fabmurder.releases",
     "rollback": "fabmurder.releases",
@@ -62,7 +62,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from fabmurder.pipeline import setup as setup
     from fabmurder.pipeline import start_seeding as start_seeding
     from fabmurder.pipeline import start_tracker as start_tracker
-    from fabmurder.pipeline import status as status
     from fabmurder.pipeline import stop_peering as stop_peering
     from fabmurder.pipeline import stop_seeding as stop_seeding
     from fabmurder.pipeline import stop_tracker as stop_tracker
@@ -73,6 +72,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from fabmurder.report import DeployReport as DeployReport
     from fabmurder.report import Event as Event
     from fabmurder.report import HostReport as HostReport
+    from fabmurder.status import status as status
     from fabmurder.tasks import ns as ns
 
 __all__ = [

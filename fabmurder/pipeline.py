@@ -13,7 +13,6 @@ steps, usable on their own, as in Murder.
 
 from __future__ import annotations
 
-import tarfile
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,10 +33,9 @@ from fabmurder.agents import (
     valid_tag,
 )
 from fabmurder.errors import ConfigError, DeployError, HostError, MurderError
-from fabmurder.remote import QUIET, agent_command, failure_reason, run_agent
+from fabmurder.remote import failure_reason, run_agent
 from fabmurder.report import DeployReport, Event, EventCallback, HostReport
 from fabmurder.roles import (
-    POLL_TIMEOUT,
     Run,
     ensure_agent,
     install_agent,
@@ -47,6 +45,7 @@ from fabmurder.roles import (
     require_reachable,
     shell,
 )
+from fabmurder.upload import upload_local
 from fabmurder.watch import Watch, watch
 
 
@@ -147,37 +146,10 @@ def clean_temp_files(
 # -- the release ---------------------------------------------------------------------------------
 
 
-def _upload_local(run: Run) -> str:
-    """Hand ``local_path`` on this machine to the seeder; return its path there."""
-    s = run.s
-    assert s.local_path and s.seeder
-    local = Path(s.local_path).expanduser()
-    if not local.exists():
-        raise ConfigError(f"murder.local_path {s.local_path!r} does not exist", key="local_path")
-    conn = run.conn(s.seeder)
-    target = s.tmp(f"upload-{s.tag}")
-    shell(conn, f"rm -rf -- {quote(target)} && mkdir -p -- {quote(target)}", "preparing the upload")
-    if local.is_file():
-        remote = f"{target}/{local.name}"
-        conn.put(str(local), remote=remote)
-        shell(conn, f"chmod {oct(local.stat().st_mode & 0o7777)[2:]} {quote(remote)}", "upload")
-        return remote
-    with tempfile.TemporaryDirectory(prefix="fabmurder-") as tmp:
-        archive = Path(tmp) / "upload.tar"
-        with tarfile.open(archive, "w") as tar:
-            for child in sorted(local.iterdir()):
-                tar.add(child, arcname=child.name)
-        conn.put(str(archive), remote=f"{target}.tar")
-    archive_path = quote(target + ".tar")
-    unpack = f"tar -C {quote(target)} -xpf {archive_path} && rm -f -- {archive_path}"
-    shell(conn, unpack, "unpacking the upload")
-    return target
-
-
 def _create(run: Run, announce: str) -> dict[str, Any]:
     s = run.s
     assert s.seeder
-    src = _upload_local(run) if s.local_path else s.files_path
+    src = upload_local(run) if s.local_path else s.files_path
     args: list[object] = [
         "--src",
         src,
@@ -498,70 +470,3 @@ def note_seeder_loss(run: Run, report: DeployReport) -> None:
     run.emit(Event("warning", run.seeder_lost, s.seeder))
     for r in failed:
         r.reason = f"{r.reason}; {run.seeder_lost}"
-
-
-def _tracker_stats(run: Run, tracker: str) -> dict[str, Any]:
-    """Return the running tracker's /stats, without starting or changing anything."""
-    s = run.s
-    require_reachable(run, probe(run, [tracker]), tracker)
-    conn = run.conn(tracker)
-    token = conn.run(f"cat -- {quote(s.tmp('tracker.token'))} 2>/dev/null", **QUIET).stdout.strip()
-    if not token:
-        return {"running": False}
-    addr = run.addresses[tracker]
-    host = f"[{addr}]" if ":" in addr else addr
-    url = f"http://{host}:{s.tracker_port}/stats/{token}"
-    return run_agent(conn, s, "stats", "--url", url)
-
-
-def status(c: Any, *, on_event: EventCallback | None = None, **overrides: Any) -> dict[str, Any]:
-    """Return the state of every role host: daemons, status files and releases.
-
-    :returns: host -> ``{"roles": [...], "status": <status JSON>}`` or
-        ``{"roles": [...], "error": reason}``; under the key ``"tracker"``
-        (when fabmurder runs it) the tracker's ``/stats``.
-    """
-    run = open_run(c, on_event, **overrides)
-    s = run.s
-    roles: dict[str, list[str]] = {}
-    for role, hosts in (
-        ("tracker", [s.tracker] if not s.tracker_url else []),
-        ("seeder", [s.seeder]),
-        ("peer", list(s.peers)),
-    ):
-        for host in hosts:
-            if host:
-                roles.setdefault(host, []).append(role)
-    args = ["--temp-path", s.temp_path] + (
-        ["--dest", s.destination_path] if s.destination_path else []
-    )
-    command = (
-        f"test -x {quote(s.agent_python)} || {{ echo '{{\"agent\": false}}'; exit 0; }}; "
-        + agent_command(s, "status", *args)
-    )
-    out: dict[str, Any] = {}
-    with run.pool:
-        result = run.pool.by_host(
-            run.pool.fan_out(
-                roles, lambda conn: shell(conn, command, "status", timeout=POLL_TIMEOUT)
-            )
-        )
-        for host, value in result.items():
-            entry: dict[str, Any] = {"roles": roles[host]}
-            if isinstance(value, BaseException):
-                entry["error"] = failure_reason(value)
-            else:
-                from fabmurder.remote import parse_json
-
-                entry["status"] = parse_json(value.stdout) or {}
-            out[host] = entry
-        tracker = s.tracker if not s.tracker_url else None
-        daemons = out.get(tracker or "", {}).get("status", {}).get("daemons") or {}
-        if tracker and not (daemons.get("tracker") or {}).get("alive"):
-            out["tracker"] = {"running": False}
-        elif tracker:
-            try:
-                out["tracker"] = _tracker_stats(run, tracker)
-            except MurderError as exc:
-                out["tracker"] = {"error": str(exc)}
-    return out

@@ -21,17 +21,16 @@ from invoke.exceptions import Exit
 from fabmurder import tasks
 from fabmurder.config import DEFAULTS
 from fabmurder.errors import ConfigError
-from fabmurder.releases import (
-    KEEP_RELEASES,
+from fabmurder.layout import (
     HostReleases,
     Layout,
     Revision,
     inspect_command,
-    keep_releases,
     parse_inspect,
     remove_command,
     switch_command,
 )
+from fabmurder.releases import KEEP_RELEASES, keep_releases
 
 
 def sh(command: str) -> subprocess.CompletedProcess[str]:

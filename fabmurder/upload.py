@@ -1,0 +1,42 @@
+"""``local_path``: a build on the control machine, handed to the seeder before packing.
+
+A file is copied as it is (mode kept); a directory travels as one tar
+archive (one SFTP upload, not one per file) and is unpacked on the seeder
+under ``temp_path/upload-<tag>``, which the end of the deploy removes.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import tempfile
+from pathlib import Path
+
+from fabmurder.errors import ConfigError
+from fabmurder.roles import Run, quote, shell
+
+
+def upload_local(run: Run) -> str:
+    """Hand ``local_path`` on this machine to the seeder; return its path there."""
+    s = run.s
+    assert s.local_path and s.seeder
+    local = Path(s.local_path).expanduser()
+    if not local.exists():
+        raise ConfigError(f"murder.local_path {s.local_path!r} does not exist", key="local_path")
+    conn = run.conn(s.seeder)
+    target = s.tmp(f"upload-{s.tag}")
+    shell(conn, f"rm -rf -- {quote(target)} && mkdir -p -- {quote(target)}", "preparing the upload")
+    if local.is_file():
+        remote = f"{target}/{local.name}"
+        conn.put(str(local), remote=remote)
+        shell(conn, f"chmod {oct(local.stat().st_mode & 0o7777)[2:]} {quote(remote)}", "upload")
+        return remote
+    with tempfile.TemporaryDirectory(prefix="fabmurder-") as tmp:
+        archive = Path(tmp) / "upload.tar"
+        with tarfile.open(archive, "w") as tar:
+            for child in sorted(local.iterdir()):
+                tar.add(child, arcname=child.name)
+        conn.put(str(archive), remote=f"{target}.tar")
+    archive_path = quote(target + ".tar")
+    unpack = f"tar -C {quote(target)} -xpf {archive_path} && rm -f -- {archive_path}"
+    shell(conn, unpack, "unpacking the upload")
+    return target
