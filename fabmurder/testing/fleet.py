@@ -4,7 +4,9 @@
 in the root namespace, with its own address in a private /24, its own
 OpenSSH ``sshd`` (key-only root login) and its own tmpfs ``/srv`` and
 ``/tmp``, and Debian's default ``.bashrc`` for root instead of this
-machine's (as on a fresh server); optionally each host's link is capped with ``tc``. The root
+machine's (as on a fresh server). Root logs in with the fleet's key; a
+user of this machine logs in with a key in ``/srv/home/<user>/.ssh/``
+on that host (``sshd.USER_KEYS``). Optionally each host's link is capped with ``tc``. The root
 namespace (the control machine) reaches every host at its address.
 :func:`down` removes all of it and is idempotent; it also cleans what a
 crashed run of the same name left behind.

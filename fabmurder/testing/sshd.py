@@ -24,6 +24,9 @@ SSHD = "/usr/sbin/sshd"
 #: the SSH user's shell start-up file, replaced on each host by Debian's default
 BASHRC = os.path.expanduser("~root/.bashrc")
 START_TIMEOUT = 15.0
+#: where a host's own (non-root) users keep their keys: under the host's private
+#: /srv, so each host has its own, as each server has its users' home directories
+USER_KEYS = "/srv/home/%u/.ssh/authorized_keys"
 
 CONFIG = """\
 # Written by fabmurder.testing.fleet for host {name}
@@ -31,7 +34,7 @@ Port {port}
 ListenAddress 0.0.0.0
 HostKey {host_key}
 PidFile none
-AuthorizedKeysFile {authorized_keys}
+AuthorizedKeysFile {authorized_keys} {user_keys}
 PermitRootLogin prohibit-password
 PubkeyAuthentication yes
 PasswordAuthentication no
@@ -70,6 +73,7 @@ def write_config(host_dir: Path, name: str, port: int, authorized_keys: Path) ->
             port=port,
             host_key=host_dir / "ssh_host_ed25519_key",
             authorized_keys=authorized_keys,
+            user_keys=USER_KEYS,
         )
     )
     return path
