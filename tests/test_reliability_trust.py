@@ -132,8 +132,15 @@ def test_pieces_from_a_lying_peer_fail_their_hash_and_every_peer_ends_byte_ident
     for index in (2, 3, 4, 5):
         assert kit.manifest(index, f"{kit.destination_path}/cp1") == tree, index
     assert told.get("uploaded", 0) > 0, told  # the liar really did send data
-    # each honest peer caught a bad piece, banned the liar and never took another
-    assert all(1 <= r.hash_failures <= 3 for r in report.hosts.values()), report.hosts
+    # Each honest peer caught bad pieces and banned the liar: libtorrent bans a
+    # peer at once when it alone sent a failed piece, else when its trust falls
+    # to -7 (-2 per failed piece it had blocks in: the 4th), and pieces already
+    # holding its blocks can fail just after (the release has 9 pieces of 64 KiB;
+    # 1-3 failures per peer in the first runs, up to 5 once starts got faster).
+    # A liar that is not banned (or comes straight back) keeps failing pieces: at
+    # stop 1 that held honest peers below 90 % until the timeout.
+    failures = {h: (r.hash_failures, r.from_peers, r.from_seeder) for h, r in report.hosts.items()}
+    assert all(1 <= r.hash_failures <= 6 for r in report.hosts.values()), failures
 
 
 def test_a_release_that_does_not_match_the_recorded_sha256_is_never_installed(
