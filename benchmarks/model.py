@@ -22,6 +22,7 @@ Assumptions (``docs/performance.md`` discusses them against the fleet):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 #: the control side's default SSH fan-out (murder.parallel)
@@ -69,17 +70,22 @@ def central_time(n: int, size: int, rate: float, t_connect: float = 0.3) -> floa
 
 
 def table(
-    size: int, rate: float, piece_size: int, redundancy: float = 1.25
+    size: int, rate: float, piece_size: int | Callable[[int], int], redundancy: float = 1.25
 ) -> list[dict[str, Any]]:
-    """Return the model at N = 16, 1,000 and 10,000, for ``r`` = 1 and ``redundancy``."""
+    """Return the model at N = 16, 1,000 and 10,000, for ``r`` = 1 and ``redundancy``.
+
+    :param piece_size: bytes, or a function of N giving them (the default's rule).
+    """
     rows = []
     for n in (16, 1000, 10_000):
+        p = piece_size(n) if callable(piece_size) else piece_size
         rows.append(
             {
                 "n": n,
                 "ideal_s": round(size / rate, 2),
-                "swarm_s_r1": round(swarm_time(n, size, rate, piece_size), 2),
-                "swarm_s_r": round(swarm_time(n, size, rate, piece_size, redundancy), 2),
+                "piece_size": p,
+                "swarm_s_r1": round(swarm_time(n, size, rate, p), 2),
+                "swarm_s_r": round(swarm_time(n, size, rate, p, redundancy), 2),
                 "redundancy": redundancy,
                 "control_start_s": round(control_time(n), 1),
                 "control_start_s_parallel_256": round(control_time(n, 256), 1),
@@ -94,4 +100,6 @@ if __name__ == "__main__":
 
     mib = 1024 * 1024
     b = 50e6 / 8 * 0.956
-    print(json.dumps(table(64 * mib, b, 256 * 1024), indent=2))
+    from fabmurder.host.metainfo import default_piece_size
+
+    print(json.dumps(table(64 * mib, b, lambda n: default_piece_size(64 * mib, n)), indent=2))

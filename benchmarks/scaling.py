@@ -297,6 +297,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rate_mbit": args.rate,
         "settings": extra.get("libtorrent") or {},
         "piece_size": extra.get("piece_size"),
+        # the default piece size depends on the release's size and N (metainfo.default_piece_size)
+        "piece_size_by_n": True,
         "swarm": [],
         "central": [],
     }
@@ -389,7 +391,10 @@ def summarise(results: dict[str, Any], size: int) -> dict[str, Any]:
                 "central_measured": bool(measured),
                 "speedup": round(push / t, 2),
                 "seeder_upload_over_s": min(r["seeder_upload_over_s"] for r in runs),
-                "model_swarm_s": round(model.swarm_time(n, size, b_eff, piece_size(results)), 3),
+                "piece_size": piece_size(results, size, n),
+                "model_swarm_s": round(
+                    model.swarm_time(n, size, b_eff, piece_size(results, size, n)), 3
+                ),
                 "model_central_s": round(model.central_time(n, size, b_eff), 3),
             }
         )
@@ -436,15 +441,20 @@ def summarise(results: dict[str, Any], size: int) -> dict[str, Any]:
         "b_measured_central": round(b_meas, 1),
         "rows": rows,
         "goals": goals,
-        "model": model.table(size, b_eff, piece_size(results)),
+        "model": model.table(size, b_eff, lambda n: piece_size(results, size, n)),
     }
 
 
-def piece_size(results: dict[str, Any]) -> int:
-    """Return the piece size the runs used (fabmurder's default unless overridden)."""
-    from fabmurder.host.metainfo import DEFAULT_PIECE_SIZE
+def piece_size(results: dict[str, Any], size: int, n: int) -> int:
+    """Return the piece size a run of ``n`` peers used (fabmurder's default unless overridden)."""
+    from fabmurder.host.metainfo import DEFAULT_PIECE_SIZE, default_piece_size
 
-    return int(results.get("piece_size") or DEFAULT_PIECE_SIZE)
+    if results.get("piece_size"):
+        return int(results["piece_size"])
+    # Result files from before the default depended on N used 256 KiB throughout.
+    if "piece_size_by_n" not in results:
+        return DEFAULT_PIECE_SIZE
+    return default_piece_size(size, n)
 
 
 def plot(results: dict[str, Any], path: str) -> None:

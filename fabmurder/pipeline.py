@@ -160,8 +160,9 @@ def _create(run: Run, announce: str) -> dict[str, Any]:
         "--announce",
         announce,
     ]
-    if s.piece_size:
-        args += ["--piece-size", s.piece_size]
+    # Without a configured size, create picks one for the release's size and
+    # the number of peers (more, smaller pieces for many peers).
+    args += ["--piece-size", s.piece_size] if s.piece_size else ["--peers", max(1, len(s.peers))]
     info = run_agent(run.conn(s.seeder), s, "create", *args)  # it makes temp_path
     for key in ("info_hash", "sha256", "torrent"):
         if not info.get(key):

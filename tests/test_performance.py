@@ -162,3 +162,40 @@ def test_a_signal_ends_the_agents_wait_for_alerts_at_once() -> None:
     finally:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGUSR1, old_handler)
+
+
+def test_the_default_piece_size_gives_each_peer_enough_pieces() -> None:
+    from fabmurder.host.metainfo import (
+        DEFAULT_PIECE_SIZE,
+        PIECES_PER_PEER,
+        SMALLEST_DEFAULT_PIECE_SIZE,
+        default_piece_size,
+    )
+
+    mib = 1024 * 1024
+    tarball = 64 * mib + 10_240  # the benchmark's 64 MiB payload as a tarball
+    assert [default_piece_size(tarball, n) for n in (1, 2, 4, 8, 16, 1000)] == [
+        256 * 1024, 256 * 1024, 256 * 1024, 128 * 1024, 64 * 1024, 64 * 1024
+    ]  # fmt: skip
+    # a large release keeps 256 KiB pieces, a tiny one never goes below 64 KiB
+    assert default_piece_size(4096 * mib, 16) == DEFAULT_PIECE_SIZE
+    assert default_piece_size(1, 16) == SMALLEST_DEFAULT_PIECE_SIZE
+    for size in (mib, 64 * mib, 1024 * mib):
+        for n in (2, 16, 100):
+            piece = default_piece_size(size, n)
+            assert piece == SMALLEST_DEFAULT_PIECE_SIZE or size >= piece * n * PIECES_PER_PEER
+
+
+def test_create_picks_the_piece_size_for_the_number_of_peers(tmp_path: Path) -> None:
+    from fabmurder.host.create import create_release
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "blob").write_bytes(os.urandom(8 * 1024 * 1024))
+    out = [
+        create_release(str(src), str(tmp_path / f"out{n}"), "v1", "http://127.0.0.1:1/a", peers=n)
+        for n in (1, 2)
+    ]
+    assert [o["piece_size"] for o in out] == [128 * 1024, 64 * 1024]
+    given = create_release(str(src), str(tmp_path / "given"), "v1", "http://x/a", 32 * 1024, 16)
+    assert given["piece_size"] == 32 * 1024

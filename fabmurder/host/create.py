@@ -19,20 +19,31 @@ if TYPE_CHECKING:
 
 
 def create_release(
-    src: str, out_dir: str, tag: str, announce: str, piece_size: int = metainfo.DEFAULT_PIECE_SIZE
+    src: str,
+    out_dir: str,
+    tag: str,
+    announce: str,
+    piece_size: int | None = None,
+    peers: int = 1,
 ) -> dict[str, Any]:
     """Pack ``src`` into ``out_dir/<tag>.tar``, write ``out_dir/<tag>.torrent`` and describe both.
+
+    Without ``piece_size``, the piece size suits the tarball's size and the
+    number of ``peers`` (:func:`fabmurder.host.metainfo.default_piece_size`).
 
     :raises ConfigError: on an invalid tag.
     :raises ArtifactError: if ``src`` is missing or empty.
     :raises TorrentError: on a bad piece size or announce URL.
     """
     validate_tag(tag)
-    metainfo.check_piece_size(piece_size)
+    if piece_size is not None:
+        metainfo.check_piece_size(piece_size)
     os.makedirs(out_dir, exist_ok=True)
     tarball = os.path.join(out_dir, f"{tag}.tar")
     torrent = os.path.join(out_dir, f"{tag}.torrent")
     packed = artifact.pack(src, tarball)
+    if piece_size is None:
+        piece_size = metainfo.default_piece_size(packed.size, peers)
     meta = metainfo.create(tarball, torrent, announce, piece_size)
     return {
         "tag": tag,
@@ -53,7 +64,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, help="where <tag>.tar and <tag>.torrent go")
     p.add_argument("--tag", required=True, help="release name")
     p.add_argument("--announce", required=True, help="tracker announce URL")
-    p.add_argument("--piece-size", type=int, default=metainfo.DEFAULT_PIECE_SIZE)
+    p.add_argument("--piece-size", type=int, default=None, help="default: by size and --peers")
+    p.add_argument("--peers", type=int, default=1, help="how many peers will download it")
     return p
 
 
@@ -61,7 +73,11 @@ def main(argv: list[str]) -> int:
     """Run ``create`` and print its JSON."""
 
     def body(args: argparse.Namespace) -> int:
-        emit(create_release(args.src, args.out_dir, args.tag, args.announce, args.piece_size))
+        emit(
+            create_release(
+                args.src, args.out_dir, args.tag, args.announce, args.piece_size, args.peers
+            )
+        )
         return EXIT_OK
 
     return run(parser(), argv, body)
