@@ -42,7 +42,8 @@ Keys (all under ``murder``):
 ``force`` (False)
     replace a release that already exists at ``destination_path/<tag>``.
 ``piece_size``, ``libtorrent``
-    torrent piece size in bytes (default: chosen by ``create``); libtorrent
+    torrent piece size in bytes (default: chosen by ``create`` from the
+    release's size and the number of peers); libtorrent
     setting overrides passed to the agents.
 ``poll_interval`` (1.0)
     longest gap between two progress polls of a peer (polls come sooner
