@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -75,16 +76,24 @@ def fleet(require_root: None) -> Iterator[fleet_mod.Fleet]:
 
 
 @pytest.fixture(scope="session")
-def kit(fleet: fleet_mod.Fleet, tmp_path_factory: pytest.TempPathFactory) -> DeployKit:
-    """Install the agent once on every fleet host, for the reliability tests' deploys."""
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Build the agent's wheels once, so that edits to the tree mid-session change nothing."""
     from invoke import Context
 
-    from fabmurder import install, pipeline
+    from fabmurder import install
     from fabmurder.config import settings
 
-    wheels = tmp_path_factory.mktemp("kit-wheels")
+    out = tmp_path_factory.mktemp("wheels")
     for path in install.wheel_set(settings(Context())).paths:
-        shutil.copy(path, wheels / path.name)
+        shutil.copy(path, out / path.name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def kit(fleet: fleet_mod.Fleet, wheels: Path) -> DeployKit:
+    """Install the agent once on every fleet host, for the reliability tests' deploys."""
+    from fabmurder import pipeline
+
     deploy_kit = DeployKit(fleet, str(wheels))
     everyone = range(2, len(fleet.hosts) + 1)
     pipeline.setup(deploy_kit.context(deploy_kit.murder(peers=everyone)))

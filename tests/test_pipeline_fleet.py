@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -19,8 +18,7 @@ from typing import Any
 import pytest
 from invoke import Context
 
-from fabmurder import agents, install, pipeline
-from fabmurder.config import settings
+from fabmurder import agents, pipeline
 from fabmurder.errors import DeployError
 from fabmurder.remote import FastConnection
 from fabmurder.report import Event
@@ -45,15 +43,6 @@ chmod 640 "$1/a/b/c/deep.txt"
 printf 'spaces\n' > "$1/name with spaces.txt"
 head -c 22020096 /dev/urandom > "$1/data/big.bin"
 """
-
-
-@pytest.fixture(scope="session")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Build the agent's wheels once, so that edits to the tree mid-session change nothing."""
-    out = tmp_path_factory.mktemp("wheels")
-    for path in install.wheel_set(settings(Context())).paths:
-        shutil.copy(path, out / path.name)
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -23,8 +22,7 @@ from pathlib import Path
 import pytest
 from invoke import Context
 
-from fabmurder import install, pipeline, releases
-from fabmurder.config import settings
+from fabmurder import pipeline, releases
 from fabmurder.errors import DeployError
 from fabmurder.testing.fleet import Fleet, Host
 
@@ -55,15 +53,6 @@ ALIASES = {
     5: ["web3.prod"],
     6: ["web4.prod"],
 }
-
-
-@pytest.fixture(scope="module")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Snapshot the agent's wheels, so that edits to the tree mid-session change nothing."""
-    out = tmp_path_factory.mktemp("rel-wheels")
-    for path in install.wheel_set(settings(Context())).paths:
-        shutil.copy(path, out / path.name)
-    return out
 
 
 @pytest.fixture(scope="module")
