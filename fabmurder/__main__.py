@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "status": "fabmurder.host.status",
     "clean": "fabmurder.host.clean",
     "finish": "fabmurder.host.finish",
+    "poll": "fabmurder.host.statusfile",
+    "digest": "fabmurder.host.digest",
 }
 
 USAGE = "usage: python -m fabmurder {" + ",".join(COMMANDS) + "} [options]\n"

@@ -15,22 +15,26 @@ from __future__ import annotations
 
 import getpass
 import secrets
+import shlex
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from fabmurder.config import Settings
+from fabmurder.contract import MARKER_SUFFIX
 from fabmurder.errors import ConfigError
-from fabmurder.host.artifact import MARKER_SUFFIX
-from fabmurder.roles import quote
 from fabmurder.tags import validate_tag
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from fabmurder.config import Settings
 
 RELEASES = "releases"
 CURRENT = "current"
 REVISIONS_LOG = "revisions.log"
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+quote = shlex.quote
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 
+from fabmurder.contract import marker
 from fabmurder.errors import ArtifactError
 from fabmurder.host.atomic import replace_file
 
@@ -29,9 +30,6 @@ if TYPE_CHECKING:
 
 #: bytes read at a time when hashing
 CHUNK = 1024 * 1024
-
-#: the marker next to a release that records the SHA-256 it was installed from
-MARKER_SUFFIX = ".sha256"
 
 #: mode bits a release may not carry: a deploy must not create setuid programs
 FORBIDDEN_MODE_BITS = stat.S_ISUID | stat.S_ISGID
@@ -284,7 +282,7 @@ def _check_tree_links(root: str) -> None:
 
 def marker_path(dest: str, tag: str) -> str:
     """Return the path of the marker that says ``dest/<tag>`` was installed by fabmurder."""
-    return os.path.join(dest, f".{tag}{MARKER_SUFFIX}")
+    return os.path.join(dest, marker(tag))
 
 
 def installed_sha256(dest: str, tag: str) -> str | None:

@@ -1,8 +1,9 @@
 """``clean``: remove fabmurder's temp files under ``temp_path``, and nothing else.
 
-Only direct children of ``temp_path`` whose names fabmurder gives its files
-are removed (tarballs, torrents, PID files, logs, status files and their
-temporary siblings); symlinks are unlinked, never followed; files of a
+Only direct children of ``temp_path`` with the names the host contract
+gives fabmurder's files (:func:`fabmurder.contract.classify`: tarballs,
+torrents, PID files, logs, status files and their temporary siblings) are
+removed; symlinks are unlinked, never followed; files of a
 release whose seeder or peer is still running are left alone.
 """
 
@@ -10,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 
+from fabmurder.contract import TRACKER_PID, classify
 from fabmurder.errors import MurderError
 from fabmurder.host import daemon
 from fabmurder.host.cli import EXIT_OK, emit, run
@@ -21,23 +22,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-_TMP = r"(?:\.tmp-[A-Za-z0-9_]+)?"
-#: file name -> (kind, tag); kind "release" or the daemon role owning it
-_PATTERNS = (
-    (re.compile(rf"(?P<tag>.+)\.(?:tar|torrent){_TMP}"), "release"),
-    (re.compile(rf"(?P<role>seed|peer)-(?P<tag>.+)\.(?:pid|log|status\.json){_TMP}"), "agent"),
-    (re.compile(rf"tracker\.(?:pid|log|allow){_TMP}"), "tracker"),
-    (re.compile(r"\.tracker\.allow\.lock"), "tracker"),
-)
-
-
-def classify(name: str) -> tuple[str, str | None] | None:
-    """Return ``(kind, tag)`` for a fabmurder temp file name, or None if it is not one."""
-    for pattern, kind in _PATTERNS:
-        match = pattern.fullmatch(name)
-        if match:
-            return kind, match.groupdict().get("tag")
-    return None
+__all__ = ["classify", "clean", "live_tags", "main", "parser"]
 
 
 def _alive(temp_path: str, name: str) -> bool:
@@ -73,7 +58,7 @@ def clean(temp_path: str, tag: str | None = None) -> dict[str, Any]:
         raise MurderError(
             f"release {tag} still has a running seeder or peer on this host; stop it first"
         )
-    tracker_alive = _alive(root, "tracker.pid")
+    tracker_alive = _alive(root, TRACKER_PID)
     removed, kept = [], []
     for name in sorted(os.listdir(root)):
         found = classify(name)

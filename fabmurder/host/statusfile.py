@@ -1,85 +1,57 @@
-"""The agent's status file: what it holds, how it is written, and how it is read back.
+"""The agent's status file: how it is written and read back, and ``poll`` for the control side.
 
-The seed and peer agents rewrite the file atomically (temp file + rename);
-the control side, ``status`` and the tests read it back with
-:func:`read_status`, which trusts nothing in it.
+The seed and peer agents rewrite the file atomically (temp file + rename).
+What it holds, and the checks that read it back, are the host contract's
+(:mod:`fabmurder.contract`); :func:`read_status` applies them to a file.
+
+``python -m fabmurder poll --status-file F --pid-file P [--wait S]`` is the
+control side's view of one agent: its status (or None while it cannot be
+read) and whether the process its PID file names is still ours and alive.
+With ``--wait`` it answers early, the moment the agent is installed, has
+failed or stopped, or is gone, and otherwise after ``S`` seconds: one poll
+covers a whole poll interval, and the end of a download is seen at once.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import time
 
-from fabmurder.errors import MurderError
+from fabmurder.contract import (
+    FINAL_STATES,
+    STATES,
+    STATUS_FIELDS,
+    StatusError,
+    check_status,
+    parse_status,
+)
+from fabmurder.host import daemon
 from fabmurder.host.atomic import replace_file
+from fabmurder.host.cli import EXIT_OK, emit, run
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-STATES = (
-    "starting",
-    "checking",
-    "downloading",
-    "verifying",
-    "extracting",
-    "seeding",
-    "failed",
-    "stopped",
-)
-STATUS_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "role": str,
-    "tag": str,
-    "info_hash": str,
-    "pid": int,
-    "state": str,
-    "installed": bool,
-    "error": (str, type(None)),
-    "total": int,
-    "done": int,
-    "uploaded": int,
-    "from_seeder": int,
-    "from_peers": int,
-    "hash_failures": int,
-    "peers": int,
-    "started_at": (int, float),
-    "downloaded_at": (int, float, type(None)),
-    "installed_at": (int, float, type(None)),
-    "updated_at": (int, float),
-}
+    from fabmurder.contract import PollReply, StatusRecord
+
+__all__ = [
+    "STATES",
+    "STATUS_FIELDS",
+    "StatusError",
+    "check_status",
+    "parse_status",
+    "poll",
+    "read_status",
+    "write_status",
+]
+
+#: seconds between two looks at the files while ``poll`` waits
+POLL_STEP = 0.05
 
 
-class StatusError(MurderError):
-    """A status file is missing, malformed or not a fabmurder status."""
-
-
-def parse_status(text: str | bytes) -> dict[str, Any]:
-    """Parse and validate the text of a status file.
-
-    :raises StatusError: if it is not a JSON object with every field of the right type.
-    """
-    try:
-        obj = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise StatusError(f"status file is not JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise StatusError("status file is not a JSON object")
-    for key, kind in STATUS_FIELDS.items():
-        if key not in obj:
-            raise StatusError(f"status file lacks {key!r}")
-        value = obj[key]
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            raise StatusError(f"status field {key!r} has the wrong type")
-    if obj["role"] not in ("seed", "peer"):
-        raise StatusError(f"status role {obj['role']!r} is unknown")
-    if obj["state"] not in STATES:
-        raise StatusError(f"status state {obj['state']!r} is unknown")
-    for key in ("total", "done", "uploaded", "from_seeder", "from_peers", "hash_failures", "peers"):
-        if obj[key] < 0:
-            raise StatusError(f"status field {key!r} is negative")
-    return obj
-
-
-def read_status(path: str) -> dict[str, Any]:
+def read_status(path: str) -> StatusRecord:
     """Read and validate the status file at ``path``.
 
     :raises StatusError: if it is unreadable or malformed.
@@ -94,3 +66,39 @@ def read_status(path: str) -> dict[str, Any]:
 def write_status(path: str, status: dict[str, Any]) -> None:
     """Replace the status file at ``path`` atomically with ``status``."""
     replace_file(path, json.dumps(status).encode("utf-8"))
+
+
+def poll(status_path: str, pid_path: str, wait: float = 0.0) -> PollReply:
+    """Return an agent's status and liveness, waiting up to ``wait`` s for it to end."""
+    deadline = time.monotonic() + wait
+    while True:
+        status: StatusRecord | None = None
+        error = None
+        try:
+            status = read_status(status_path)
+        except StatusError as exc:
+            error = str(exc)  # not written yet, or caught mid-rewrite by a reader without rename
+        alive = daemon.is_ours(daemon.read_pid_file(pid_path))
+        ended = status is not None and (status["installed"] or status["state"] in FINAL_STATES)
+        if ended or not alive or time.monotonic() >= deadline:
+            return {"status": status, "alive": alive, "error": error}
+        time.sleep(POLL_STEP)  # bounded by the deadline: a look at two small files
+
+
+def parser() -> argparse.ArgumentParser:
+    """Return the ``poll`` argument parser."""
+    p = argparse.ArgumentParser(prog="fabmurder poll", description=__doc__)
+    p.add_argument("--status-file", required=True)
+    p.add_argument("--pid-file", required=True)
+    p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the agent's end")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Run ``poll`` and print its reply."""
+
+    def body(args: argparse.Namespace) -> int:
+        emit(poll(args.status_file, args.pid_file, max(0.0, args.wait)))
+        return EXIT_OK
+
+    return run(parser(), argv, body)
