@@ -37,8 +37,9 @@ _LAZY: dict[str, str] = {
     "stop_seeding": "fabmurder.pipeline",
     "peer_download": "fabmurder.pipeline",
     "stop_peering": "fabmurder.pipeline",
+    "stop": "fabmurder.pipeline",
     "clean_temp_files": "fabmurder.pipeline",
-    "status": "fabmurder.status",
+    "status": "fabmurder.overview",
     "deploy": "fabmurder.releases",
     "publish": "fabmurder.releases",
     "rollback": "fabmurder.releases",
@@ -46,6 +47,7 @@ _LAZY: dict[str, str] = {
     "Settings": "fabmurder.config",
     "settings": "fabmurder.config",
     "DEFAULTS": "fabmurder.config",
+    "Options": "fabmurder.options",
     "Event": "fabmurder.report",
     "DeployReport": "fabmurder.report",
     "HostReport": "fabmurder.report",
@@ -55,6 +57,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from fabmurder.config import DEFAULTS as DEFAULTS
     from fabmurder.config import Settings as Settings
     from fabmurder.config import settings as settings
+    from fabmurder.options import Options as Options
+    from fabmurder.overview import status as status
     from fabmurder.pipeline import clean_temp_files as clean_temp_files
     from fabmurder.pipeline import create_torrent as create_torrent
     from fabmurder.pipeline import distribute_files as distribute_files
@@ -62,6 +66,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from fabmurder.pipeline import setup as setup
     from fabmurder.pipeline import start_seeding as start_seeding
     from fabmurder.pipeline import start_tracker as start_tracker
+    from fabmurder.pipeline import stop as stop
     from fabmurder.pipeline import stop_peering as stop_peering
     from fabmurder.pipeline import stop_seeding as stop_seeding
     from fabmurder.pipeline import stop_tracker as stop_tracker
@@ -72,7 +77,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from fabmurder.report import DeployReport as DeployReport
     from fabmurder.report import Event as Event
     from fabmurder.report import HostReport as HostReport
-    from fabmurder.status import status as status
     from fabmurder.tasks import ns as ns
 
 __all__ = [

@@ -56,7 +56,7 @@ Keys (all under ``murder``):
 ``keep_releases`` (5)
     how many releases ``murder.cleanup`` (and ``murder.deploy``) keeps under
     ``destination_path/releases``, besides the current one (read and checked
-    by :func:`fabmurder.releases.keep_releases`).
+    as :attr:`Settings.keep_releases`, a whole number of at least 1).
 """
 
 from __future__ import annotations
@@ -65,9 +65,10 @@ import difflib
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Unpack
 
 from fabmurder.errors import ConfigError
+from fabmurder.options import Options
 from fabmurder.tags import default_tag, validate_tag
 
 #: Every key of the ``murder`` subtree with its default.
@@ -151,6 +152,7 @@ class Settings:
     poll_interval: float = 1.0
     strict_host_keys: bool = True
     known_hosts: tuple[str, ...] = ()
+    keep_releases: int = 5
 
     @property
     def agent_python(self) -> str:
@@ -284,7 +286,7 @@ def murder_tree(c: Any) -> dict[str, Any]:
     return {key: tree[key] for key in tree}
 
 
-def settings(c: Any, **overrides: Any) -> Settings:
+def settings(c: Any, **overrides: Unpack[Options]) -> Settings:
     """Resolve the run's settings: flags in ``overrides`` over ``c.config.murder``.
 
     An override of ``None`` means "not given" and falls back to the config,
@@ -324,6 +326,7 @@ def settings(c: Any, **overrides: Any) -> Settings:
     ):
         raise ConfigError(f"murder.known_hosts must be a path or a list of paths, not {known!r}")
     values["known_hosts"] = tuple(known or ())
+    values["keep_releases"] = _keep(merged["keep_releases"])
 
     for key in ("tracker", "seeder"):
         host = merged[key]
@@ -360,6 +363,21 @@ def settings(c: Any, **overrides: Any) -> Settings:
         raise ConfigError(f"murder.libtorrent must be a mapping, not {lt!r}", key="libtorrent")
     values["libtorrent"] = dict(lt)
     return Settings(**values)
+
+
+def _keep(value: Any) -> int:
+    if value in (None, ""):
+        return int(DEFAULTS["keep_releases"])
+    try:
+        keep = int(value)
+    except (TypeError, ValueError):
+        keep = 0
+    if isinstance(value, bool) or keep < 1 or str(keep) != str(value).strip():
+        raise ConfigError(
+            f"murder.keep_releases must be a whole number of at least 1, not {value!r}",
+            key="keep_releases",
+        )
+    return keep
 
 
 def _check_roles(seeder: str | None, peers: tuple[str, ...]) -> None:

@@ -25,6 +25,7 @@ import shlex
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -34,7 +35,8 @@ from fabric import Connection
 
 from fabmurder.config import Settings
 from fabmurder.errors import HostError, MurderError
-from fabmurder.remote import QUIET, failure_reason, host_name
+from fabmurder.remote import QUIET, Pool, failure_reason, host_name
+from fabmurder.report import Event, EventCallback
 
 #: distributions the host side imports, besides fabmurder itself
 HOST_DEPENDENCIES = ("libtorrent", "bencode.py")
@@ -247,3 +249,35 @@ def _checked(conn: Connection, command: str, what: str) -> Any:
     if result.exited != 0:
         raise HostError(host_name(conn), f"{what} failed: {failure_reason(result)}", result)
     return result
+
+
+def install_agent(
+    pool: Pool, s: Settings, stamps: Mapping[str, str], hosts: Iterable[str], emit: EventCallback
+) -> dict[str, str]:
+    """Install the agent on ``hosts`` unless the probed stamp is current; return host -> reason."""
+    wheels = wheel_set(s)
+    hosts = list(hosts)
+    counts: dict[str, int] = {}
+    current = [h for h in hosts if stamps.get(h) == wheels.digest]
+    if current:
+        counts["up to date"] = len(current)
+    result = pool.fan_out(
+        [h for h in hosts if h not in current], lambda conn: install_host(conn, s, wheels)
+    )
+    for host, value in result.succeeded.items():
+        counts[value] = counts.get(value, 0) + 1
+        emit(Event("host", f"agent {value}", host, {"ok": True, "quiet": True}))
+    if counts:
+        summary = ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
+        emit(Event("phase", f"agent: {summary}"))
+    return result.failed
+
+
+def ensure_agent(
+    pool: Pool, s: Settings, stamps: Mapping[str, str], hosts: Iterable[str], emit: EventCallback
+) -> None:
+    """Install the agent on ``hosts`` where needed; raise HostError if any fails."""
+    failures = install_agent(pool, s, stamps, hosts, emit)
+    if failures:
+        host, reason = next(iter(failures.items()))
+        raise HostError(host, f"installing the agent failed: {reason}")

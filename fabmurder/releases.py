@@ -9,6 +9,9 @@ into ``destination_path/releases``), then :func:`publish`, then
 :func:`cleanup`. Each stage is a plain function taking a ``Context``, so a
 fabfile can call them one by one and put its own steps in between.
 
+:func:`deploy` runs the three stages over one pool of connections: each
+peer is connected once for the whole deploy.
+
 Release order: a release's age is when it landed, taken as the earlier of
 its first line in ``revisions.log`` and its directory's modification time
 (so a release that was never published still has an age, and publishing an
@@ -23,14 +26,15 @@ rest of the function layer, nothing here prints; events go to ``on_event``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 from fabric import Connection
 
 from fabmurder import pipeline
-from fabmurder.config import murder_tree, settings
+from fabmurder.config import DEFAULTS, Settings, murder_tree, settings
 from fabmurder.errors import ConfigError, DeployError
 from fabmurder.layout import (
     HostReleases,
@@ -43,14 +47,14 @@ from fabmurder.layout import (
     switch_command,
     who,
 )
-from fabmurder.remote import failure_reason
-from fabmurder.report import DeployReport, Event, EventCallback
-from fabmurder.roles import POLL_TIMEOUT, Run, open_run, shell
-from fabmurder.status import status as hosts_status
+from fabmurder.options import Options, UntaggedOptions
+from fabmurder.overview import survey
+from fabmurder.remote import POLL_TIMEOUT, HostResults, Pool, open_pool, shell
+from fabmurder.report import DeployReport, Event, EventCallback, ignore
 from fabmurder.tags import validate_tag
 
 #: how many releases cleanup keeps when ``murder.keep_releases`` is not set
-KEEP_RELEASES = 5
+KEEP_RELEASES: int = DEFAULTS["keep_releases"]
 
 
 @dataclass
@@ -67,93 +71,78 @@ class Deployed:
 # -- the function layer ---------------------------------------------------------------------------
 
 
-def keep_releases(c: Any, value: Any = None) -> int:
+def keep_releases(c: Any, value: int | str | None = None) -> int:
     """Return how many releases cleanup keeps: ``value``, else ``murder.keep_releases``, else 5.
 
     :raises ConfigError: unless it is a whole number of at least 1.
     """
-    if value is None:
-        value = murder_tree(c).get("keep_releases")
-    if value in (None, ""):
-        return KEEP_RELEASES
-    try:
-        keep = int(value)
-    except (TypeError, ValueError):
-        keep = 0
-    if isinstance(value, bool) or keep < 1 or str(keep) != str(value).strip():
-        raise ConfigError(
-            f"murder.keep_releases must be a whole number of at least 1, not {value!r}",
-            key="keep_releases",
-        )
-    return keep
+    return settings(c, keep_releases=value).keep_releases
 
 
-def _open(c: Any, on_event: EventCallback | None, overrides: dict[str, Any]) -> tuple[Run, Layout]:
-    overrides.pop("keep_releases", None)
-    run = open_run(c, on_event, **overrides)
-    run.s.require("peers", "destination_path")
-    return run, Layout.of(run.s)
+def _resolve(c: Any, options: Options) -> tuple[Settings, Layout]:
+    s = settings(c, **options).require("peers", "destination_path")
+    return s, Layout.of(s)
 
 
-def _hosts(run: Run, hosts: Iterable[str] | None) -> list[str]:
-    return list(run.s.peers) if hosts is None else list(dict.fromkeys(hosts))
+def _hosts(s: Settings, hosts: Iterable[str] | None) -> list[str]:
+    return list(s.peers) if hosts is None else list(dict.fromkeys(hosts))
 
 
-def _inspect(run: Run, lay: Layout, hosts: list[str]) -> dict[str, HostReleases | BaseException]:
+def _inspect(pool: Pool, lay: Layout, hosts: list[str]) -> HostResults[HostReleases]:
     command = inspect_command(lay)
 
     def look(conn: Connection) -> HostReleases:
-        host = run.pool.host_of(conn)
         out = shell(conn, command, "reading the releases", timeout=POLL_TIMEOUT)
-        return parse_inspect(host, lay, out.stdout)
+        return parse_inspect(pool.host_of(conn), lay, out.stdout)
 
-    return run.pool.by_host(run.pool.fan_out(hosts, look))
+    return pool.fan_out(hosts, look)
 
 
-def _states(run: Run, lay: Layout, hosts: list[str]) -> dict[str, HostReleases]:
+def _states(pool: Pool, lay: Layout, hosts: list[str]) -> dict[str, HostReleases]:
     """Inspect ``hosts``; raise DeployError naming every host that did not answer."""
-    found = _inspect(run, lay, hosts)
-    failed = {h: failure_reason(v) for h, v in found.items() if isinstance(v, BaseException)}
-    if failed:
-        raise DeployError(f"cannot read the releases on {len(failed)} host(s)", failed)
-    return {h: v for h, v in found.items() if isinstance(v, HostReleases)}
+    found = _inspect(pool, lay, hosts)
+    if found.failed:
+        raise DeployError(f"cannot read the releases on {len(found.failed)} host(s)", found.failed)
+    return found.succeeded
 
 
 def releases(
-    c: Any, *, hosts: Iterable[str] | None = None, **overrides: Any
+    c: Any, *, hosts: Iterable[str] | None = None, **options: Unpack[Options]
 ) -> dict[str, HostReleases | BaseException]:
     """Return each peer's releases (oldest first) and current release, or why it failed."""
-    run, lay = _open(c, None, overrides)
-    with run.pool:
-        return _inspect(run, lay, _hosts(run, hosts))
+    s, lay = _resolve(c, options)
+    with open_pool(c, s) as pool:
+        return dict(_inspect(pool, lay, _hosts(s, hosts)))
 
 
 def _switch(
-    run: Run, lay: Layout, targets: dict[str, str], states: dict[str, HostReleases], action: str
+    pool: Pool,
+    lay: Layout,
+    targets: dict[str, str],
+    states: dict[str, HostReleases],
+    action: str,
+    emit: EventCallback,
 ) -> dict[str, str | None]:
     """Point ``current`` at ``targets[host]`` on each host; return host -> previous release."""
     author, when = who(), now()
 
     def switch(conn: Connection) -> str | None:
-        host = run.pool.host_of(conn)
+        host = pool.host_of(conn)
         before = states[host]
         previous = before.current or before.current_target
         record = Revision(when, action, targets[host], author, before.current)
         shell(conn, switch_command(lay, targets[host], record), f"switching current ({action})")
         return previous
 
-    result = run.pool.by_host(run.pool.fan_out(targets, switch))
-    failed: dict[str, str] = {}
-    for host, value in result.items():
-        if isinstance(value, BaseException):
-            failed[host] = failure_reason(value)
-            run.emit(Event("host", "failed", host, {"ok": False, "reason": failed[host]}))
-        else:
-            was = f" (was {value})" if value else ""
-            run.emit(Event("host", f"current -> {targets[host]}{was}", host, {"ok": True}))
-    if failed:
-        raise DeployError(f"{action} failed on {len(failed)} host(s)", failed)
-    return {h: v for h, v in result.items() if not isinstance(v, BaseException)}
+    result = pool.fan_out(targets, switch)
+    for host, reason in result.failed.items():
+        emit(Event("host", "failed", host, {"ok": False, "reason": reason}))
+    for host, value in result.succeeded.items():
+        was = f" (was {value})" if value else ""
+        emit(Event("host", f"current -> {targets[host]}{was}", host, {"ok": True}))
+    if result.failed:
+        raise DeployError(f"{action} failed on {len(result.failed)} host(s)", result.failed)
+    return result.succeeded
 
 
 def publish(
@@ -163,7 +152,7 @@ def publish(
     hosts: Iterable[str] | None = None,
     on_event: EventCallback | None = None,
     action: str = "publish",
-    **overrides: Any,
+    **options: Unpack[UntaggedOptions],
 ) -> dict[str, str | None]:
     """Point ``current`` at ``releases/<tag>`` on every peer, atomically.
 
@@ -175,19 +164,20 @@ def publish(
     :raises ConfigError: when no tag is given (flag or ``murder.tag``).
     :raises DeployError: naming each host that lacks the release or failed.
     """
-    given = tag or overrides.pop("tag", None) or murder_tree(c).get("tag")
+    given = tag or murder_tree(c).get("tag")
     if not given:
         raise ConfigError("publish needs a release tag: give --tag or set murder.tag", key="tag")
     tag = validate_tag(str(given))
-    run, lay = _open(c, on_event, {**overrides, "tag": tag})
-    with run.pool:
-        return _publish(run, lay, tag, _hosts(run, hosts), action)
+    s = settings(c, tag=tag, **options).require("peers", "destination_path")
+    lay = Layout.of(s)
+    with open_pool(c, s) as pool:
+        return _publish(pool, lay, tag, _hosts(s, hosts), action, on_event or ignore)
 
 
 def _publish(
-    run: Run, lay: Layout, tag: str, hosts: list[str], action: str
+    pool: Pool, lay: Layout, tag: str, hosts: list[str], action: str, emit: EventCallback
 ) -> dict[str, str | None]:
-    states = _states(run, lay, hosts)
+    states = _states(pool, lay, hosts)
     missing = {
         h: f"release {tag!r} is not in {lay.releases}"
         for h, state in states.items()
@@ -198,8 +188,8 @@ def _publish(
             f"release {tag!r} is missing on {len(missing)} host(s); nothing was switched",
             missing,
         )
-    run.phase(f"pointing current at {tag} on {len(states)} host(s)")
-    return _switch(run, lay, dict.fromkeys(states, tag), states, action)
+    emit(Event("phase", f"pointing current at {tag} on {len(states)} host(s)"))
+    return _switch(pool, lay, dict.fromkeys(states, tag), states, action, emit)
 
 
 def rollback(
@@ -207,7 +197,7 @@ def rollback(
     *,
     hosts: Iterable[str] | None = None,
     on_event: EventCallback | None = None,
-    **overrides: Any,
+    **options: Unpack[Options],
 ) -> dict[str, str | None]:
     """Point ``current`` back at the release before it on every peer.
 
@@ -218,9 +208,10 @@ def rollback(
     :returns: host -> the release ``current`` pointed to before.
     :raises DeployError: naming each host that cannot roll back.
     """
-    run, lay = _open(c, on_event, overrides)
-    with run.pool:
-        states = _states(run, lay, _hosts(run, hosts))
+    s, lay = _resolve(c, options)
+    emit = on_event or ignore
+    with open_pool(c, s) as pool:
+        states = _states(pool, lay, _hosts(s, hosts))
         problems: dict[str, str] = {}
         targets: dict[str, str] = {}
         for host, state in states.items():
@@ -239,8 +230,8 @@ def rollback(
                 "the hosts would roll back to different releases; choose one with publish --tag",
                 {h: f"would roll back to {t!r}" for h, t in targets.items()},
             )
-        run.phase(f"rolling back to {next(iter(targets.values()), '?')}")
-        return _switch(run, lay, targets, states, "rollback")
+        emit(Event("phase", f"rolling back to {next(iter(targets.values()), '?')}"))
+        return _switch(pool, lay, targets, states, "rollback", emit)
 
 
 def cleanup(
@@ -249,7 +240,7 @@ def cleanup(
     *,
     hosts: Iterable[str] | None = None,
     on_event: EventCallback | None = None,
-    **overrides: Any,
+    **options: Unpack[Options],
 ) -> dict[str, list[str]]:
     """Remove old releases on every peer, keeping the newest ``keep`` and the current one.
 
@@ -260,54 +251,58 @@ def cleanup(
     :returns: host -> the releases removed there.
     :raises DeployError: naming each host where cleanup failed.
     """
-    count = keep_releases(c, keep if keep is not None else overrides.get("keep_releases"))
-    run, lay = _open(c, on_event, overrides)
-    with run.pool:
-        return _cleanup(run, lay, count, _hosts(run, hosts))
+    if keep is not None:
+        options["keep_releases"] = keep
+    s, lay = _resolve(c, options)
+    with open_pool(c, s) as pool:
+        return _cleanup(pool, lay, s.keep_releases, _hosts(s, hosts), on_event or ignore)
 
 
-def _cleanup(run: Run, lay: Layout, count: int, hosts: list[str]) -> dict[str, list[str]]:
-    states = _states(run, lay, hosts)
+def _cleanup(
+    pool: Pool, lay: Layout, count: int, hosts: list[str], emit: EventCallback
+) -> dict[str, list[str]]:
+    states = _states(pool, lay, hosts)
 
     def remove(conn: Connection) -> list[str]:
-        doomed = states[run.pool.host_of(conn)].removable(count)
+        doomed = states[pool.host_of(conn)].removable(count)
         if not doomed:
             return []
         out = shell(conn, remove_command(lay, doomed), "removing old releases", timeout=600)
         return [line for line in out.stdout.splitlines() if line.strip()]
 
-    result = run.pool.by_host(run.pool.fan_out(states, remove))
-    failed: dict[str, str] = {}
-    removed: dict[str, list[str]] = {}
-    for host, value in result.items():
-        if isinstance(value, BaseException):
-            failed[host] = failure_reason(value)
-            run.emit(Event("host", "failed", host, {"ok": False, "reason": failed[host]}))
-            continue
-        removed[host] = value
+    result = pool.fan_out(states, remove)
+    for host, reason in result.failed.items():
+        emit(Event("host", "failed", host, {"ok": False, "reason": reason}))
+    for host, value in result.succeeded.items():
         message = f"removed {', '.join(value)}" if value else "no old release to remove"
-        run.emit(Event("host", message, host, {"ok": True, "removed": value, "quiet": not value}))
-    if failed:
-        raise DeployError(f"cleanup failed on {len(failed)} host(s)", failed)
-    return removed
+        emit(Event("host", message, host, {"ok": True, "removed": value, "quiet": not value}))
+    if result.failed:
+        raise DeployError(f"cleanup failed on {len(result.failed)} host(s)", result.failed)
+    return result.succeeded
 
 
-def distribute(c: Any, *, on_event: EventCallback | None = None, **overrides: Any) -> DeployReport:
+def _aimed(s: Settings) -> Settings:
+    """Return ``s`` with ``destination_path`` aimed at the release layout's ``releases``."""
+    return dataclasses.replace(s, destination_path=Layout.of(s).releases)
+
+
+def distribute(
+    c: Any, *, on_event: EventCallback | None = None, **options: Unpack[Options]
+) -> DeployReport:
     """Ship a release into ``destination_path/releases/<tag>`` on every peer.
 
     This is :func:`fabmurder.pipeline.distribute_files` aimed at the
     release layout; it does not touch ``current``.
     """
-    overrides.pop("keep_releases", None)
-    s = settings(c, **overrides)
-    s.require("destination_path")
-    lay = Layout.of(s)
-    overrides.update(tag=s.tag, destination_path=lay.releases)
-    return pipeline.distribute_files(c, on_event=on_event, **overrides)
+    s = _aimed(settings(c, **options).require("destination_path"))
+    with open_pool(c, s) as pool:
+        return pipeline.distribute(pool, s, on_event)
 
 
-def deploy(c: Any, *, on_event: EventCallback | None = None, **overrides: Any) -> Deployed:
-    """Distribute a release, publish it, and clean up old releases.
+def deploy(
+    c: Any, *, on_event: EventCallback | None = None, **options: Unpack[Options]
+) -> Deployed:
+    """Distribute a release, publish it, and clean up old releases, over one pool.
 
     :func:`publish` and :func:`cleanup` run on the peers that got the
     release (those that failed, within ``max_failed_peers``, keep their
@@ -315,41 +310,39 @@ def deploy(c: Any, *, on_event: EventCallback | None = None, **overrides: Any) -
 
     :raises DeployError: from any stage; the stages before it stay done.
     """
-    keep = keep_releases(c, overrides.pop("keep_releases", None))
-    s = settings(c, **overrides)
-    s.require("destination_path")
-    Layout.of(s)
-    overrides["tag"] = s.tag
-    report = distribute(c, on_event=on_event, **overrides)
+    s = settings(c, **options).require("destination_path")
+    lay = Layout.of(s)
+    emit = on_event or ignore
     published: dict[str, str | None] = {}
     removed: dict[str, list[str]] = {}
-    if report.succeeded:
-        run, lay = _open(c, on_event, overrides)
-        with run.pool:
-            published = _publish(run, lay, s.tag, report.succeeded, "deploy")
-            removed = _cleanup(run, lay, keep, report.succeeded)
+    with open_pool(c, s) as pool:
+        report = pipeline.distribute(pool, _aimed(s), on_event)
+        if report.succeeded:
+            published = _publish(pool, lay, s.tag, report.succeeded, "deploy", emit)
+            removed = _cleanup(pool, lay, s.keep_releases, report.succeeded, emit)
     return Deployed(report, published, removed)
 
 
-def status(c: Any, *, on_event: EventCallback | None = None, **overrides: Any) -> dict[str, Any]:
-    """Return :func:`fabmurder.status.status` with each peer's release layout added.
+def status(
+    c: Any, *, on_event: EventCallback | None = None, **options: Unpack[Options]
+) -> dict[str, Any]:
+    """Return :func:`fabmurder.overview.status` with each peer's release layout added.
 
     A peer's entry gains ``"layout"``: ``{"current", "releases",
     "previous"}`` (releases oldest first) when ``destination_path`` is set.
     """
-    overrides.pop("keep_releases", None)
-    state = hosts_status(c, on_event=on_event, **overrides)
-    run = open_run(c, on_event, **overrides)
-    if not run.s.destination_path or not run.s.peers:
-        return state
-    lay = Layout.of(run.s)
-    reachable = [h for h in run.s.peers if "error" not in state.get(h, {})]
-    with run.pool:
-        found = _inspect(run, lay, reachable)
+    s = settings(c, **options)
+    with open_pool(c, s) as pool:
+        state = survey(pool, s)
+        if not s.destination_path or not s.peers:
+            return state
+        lay = Layout.of(s)
+        reachable = [h for h in s.peers if "error" not in state.get(h, {})]
+        found = _inspect(pool, lay, reachable)
     for host, value in found.items():
         entry = state.setdefault(host, {"roles": ["peer"]})
         if isinstance(value, BaseException):
-            entry["layout"] = {"error": failure_reason(value)}
+            entry["layout"] = {"error": found.failed[host]}
         else:
             entry["layout"] = value.as_dict()
     return state

@@ -1,10 +1,10 @@
-"""Connections to the role hosts and bounded-concurrency fan-out over them.
+"""Connections to the role hosts, fan-out over them, and the remote commands' helpers.
 
 One :class:`Pool` lives for one run: each host is connected once and the
-connection is reused by every phase. :meth:`Pool.fan_out` runs a function
-per host on at most ``parallel`` threads, so a thousand peers never mean a
-thousand threads, and returns Fabric's :class:`~fabric.group.GroupResult`
-(results and exceptions per :class:`~fabric.Connection`).
+connection is reused by every step. :meth:`Pool.fan_out` runs a function
+per host on at most ``parallel`` threads and returns a :class:`HostResults`
+keyed by host string, with the successes and the failures (host -> reason)
+ready to use.
 
 Host-side programs are started with :func:`agent_command`, which quotes
 every argument; every remote action goes through ``Connection.run`` or
@@ -15,30 +15,31 @@ users expect.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 import socket
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import paramiko
 from fabric import Connection
-from fabric.group import GroupResult
 
 from fabmurder.config import Settings
+from fabmurder.contract import parse_reply
 from fabmurder.errors import HostError
 
 T = TypeVar("T")
 
+#: seconds to wait for an SSH connection when the Fabric config sets no timeout
+CONNECT_TIMEOUT = 30
+#: seconds a single status or probe command may take before the host is failed
+POLL_TIMEOUT = 60.0
+
 #: run() keywords for machine-to-machine commands: no echo of output, no
 #: stdin forwarding (many threads must not compete for the terminal), and
 #: non-zero exits come back as results to be judged by the caller.
-#: seconds to wait for an SSH connection when the Fabric config sets no timeout
-CONNECT_TIMEOUT = 30
-
 QUIET: dict[str, Any] = {"hide": True, "warn": True, "in_stream": False}
 
 
@@ -48,18 +49,17 @@ def agent_command(s: Settings, command: str, *args: object) -> str:
     return " ".join(shlex.quote(part) for part in argv)
 
 
-def parse_json(stdout: str) -> dict[str, Any] | None:
-    """Return the JSON object a host-side command printed, or None."""
-    text = stdout.strip()
-    candidates = [text, *reversed(text.splitlines())] if text else []
-    for candidate in candidates:
-        try:
-            value = json.loads(candidate)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
+def quote(word: object) -> str:
+    """Quote one word for the remote shell."""
+    return shlex.quote(str(word))
+
+
+def shell(conn: Connection, command: str, what: str, timeout: float | None = None) -> Any:
+    """Run a shell command on ``conn``; raise HostError naming ``what`` if it fails."""
+    result = conn.run(command, timeout=timeout, **QUIET)
+    if result.exited != 0:
+        raise HostError(host_name(conn), f"{what}: {failure_reason(result)}", result)
+    return result
 
 
 def failure_reason(result: Any) -> str:
@@ -102,7 +102,7 @@ def run_agent(
     result = conn.run(f"{before} && {line}" if before else line, **QUIET)
     if result.exited not in ok:
         raise HostError(host_name(conn), f"{command}: {failure_reason(result)}", result)
-    data = parse_json(result.stdout) or {}
+    data = parse_reply(result.stdout) or {}
     data.setdefault("exit", result.exited)
     return data
 
@@ -128,14 +128,41 @@ class FastConnection(Connection):
         return result
 
 
+class HostResults(dict[str, "T | BaseException"], Generic[T]):
+    """Per host string: what a step returned there, or the exception that stopped it."""
+
+    @property
+    def succeeded(self) -> dict[str, T]:
+        """Return host -> result for the hosts where the step succeeded."""
+        return {h: v for h, v in self.items() if not isinstance(v, BaseException)}
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Return host -> one-line reason for the hosts where the step failed."""
+        return {h: failure_reason(v) for h, v in self.items() if isinstance(v, BaseException)}
+
+    @property
+    def errors(self) -> dict[str, BaseException]:
+        """Return host -> the exception, for the hosts where the step failed."""
+        return {h: v for h, v in self.items() if isinstance(v, BaseException)}
+
+
+def open_pool(c: Any, s: Settings) -> Pool:
+    """Return the pool of connections one run of ``s`` uses (enter it with ``with``)."""
+    return Pool(c.config, s.parallel, s.strict_host_keys, s.known_hosts)
+
+
 class Pool:
-    """Connections to the hosts of one run, made once and reused."""
+    """Connections to the hosts of one run, made once and reused.
+
+    ``strict_host_keys`` defaults to True, as ``murder.strict_host_keys`` does.
+    """
 
     def __init__(
         self,
         config: Any,
         parallel: int = 32,
-        strict_host_keys: bool = False,
+        strict_host_keys: bool = True,
         known_hosts: tuple[str, ...] = (),
     ) -> None:
         self.config = config
@@ -189,32 +216,28 @@ class Pool:
         """Return the host string ``conn`` was made from (with its user and port)."""
         return self._names.get(id(conn), conn.original_host)
 
-    def by_host(self, result: GroupResult) -> dict[str, Any]:
-        """Return a GroupResult keyed by host string instead of Connection."""
-        return {self.host_of(conn): value for conn, value in result.items()}
-
-    def fan_out(self, hosts: Iterable[str], fn: Callable[[Connection], T]) -> GroupResult:
+    def fan_out(self, hosts: Iterable[str], fn: Callable[[Connection], T]) -> HostResults[T]:
         """Call ``fn(connection)`` for each host, at most ``parallel`` at once.
 
         Exceptions do not escape: they are stored as that host's result, so
         one unreachable host never stops the others.
         """
         names = list(dict.fromkeys(hosts))
-        result = GroupResult()
+        result: HostResults[T] = HostResults()
         if not names:
             return result
         conns = [self.get(host) for host in names]
 
-        def call(conn: Connection) -> Any:
+        def call(conn: Connection) -> T | BaseException:
             try:
                 return fn(conn)
             except Exception as exc:  # per-host failure, reported in the result
-                return _Failed(exc)
+                return exc
 
         workers = min(self.parallel, len(conns))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="murder") as pool:
-            for conn, value in zip(conns, pool.map(call, conns), strict=True):
-                result[conn] = value.exc if isinstance(value, _Failed) else value
+            for host, value in zip(names, pool.map(call, conns), strict=True):
+                result[host] = value
         return result
 
     def close(self) -> None:
@@ -226,10 +249,3 @@ class Pool:
             # closing a dead transport may fail; there is nothing to save then
             with contextlib.suppress(Exception):
                 conn.close()
-
-
-class _Failed:
-    __slots__ = ("exc",)
-
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc

@@ -70,7 +70,10 @@ class HostReport:
 
 @dataclass
 class DeployReport:
-    """The outcome of one run over the peers, host by host."""
+    """The outcome of one run over the peers, host by host: the one thing a run changes.
+
+    Its ``on_event`` callback hears about every change as it happens.
+    """
 
     tag: str
     info_hash: str | None = None
@@ -78,6 +81,20 @@ class DeployReport:
     size: int = 0
     seconds: float = 0.0
     hosts: dict[str, HostReport] = field(default_factory=dict)
+    on_event: EventCallback = field(default=ignore, repr=False, compare=False)
+
+    def emit(self, event: Event) -> None:
+        """Tell the report's callback what happened."""
+        self.on_event(event)
+
+    def phase(self, message: str) -> None:
+        """Tell the callback a step began."""
+        self.on_event(Event("phase", message))
+
+    def fail(self, host: str, reason: str) -> None:
+        """Record that ``host`` failed, and say so."""
+        self.hosts[host].reason = reason
+        self.on_event(Event("host", "failed", host, {"ok": False, "reason": reason}))
 
     @property
     def failures(self) -> dict[str, str]:

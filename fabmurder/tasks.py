@@ -2,7 +2,7 @@
 
 Add it to your fabfile with::
 
-    from fabric import Collection
+    from invoke import Collection
     import fabmurder
 
     ns = Collection()
@@ -22,27 +22,34 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import json
 import sys
 import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack, cast
 
 from fabric import task
-from fabric.group import GroupResult
 from invoke.collection import Collection
 from invoke.exceptions import Exit
 
 from fabmurder import pipeline, releases
 from fabmurder.config import DEFAULTS, ConfigWarning
 from fabmurder.errors import DeployError, MurderError
+from fabmurder.options import Options, UntaggedOptions
 from fabmurder.progress import Renderer, table
+from fabmurder.remote import HostResults
 from fabmurder.report import DeployReport
+
+if TYPE_CHECKING:
+    from fabmurder.contract import CreateInfo
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 TAG = "release name (default: murder.tag, else a UTC timestamp)"
-RUN_HELP: dict[str, str] = {
+WHERE = "on the peers: the directory holding releases/ and current"
+#: every option flag a task takes, with its help: the one place each is spelt out
+FLAGS: dict[str, str] = {
     "tag": TAG,
     "files_path": "on the seeder: the directory (or file) to ship",
     "local_path": "on this machine: a build to upload to the seeder first",
@@ -54,12 +61,50 @@ RUN_HELP: dict[str, str] = {
     "upload_rate_limit": "bytes per second per host, 0 for no limit",
     "download_rate_limit": "bytes per second per peer, 0 for no limit",
     "parallel": "maximum number of SSH operations at once",
+    "keep_releases": "how many releases cleanup keeps (default: murder.keep_releases, else 5)",
 }
+#: the flags of a whole distribution (distribute-files, deploy)
+RUN = tuple(name for name in FLAGS if name != "keep_releases")
+#: flags whose absence means False (switches); the others default to None
+SWITCHES = ("force",)
 
 
-def _overrides(**kwargs: Any) -> dict[str, Any]:
-    """Drop flags that were not given (None; False for switches) so config applies."""
-    return {k: v for k, v in kwargs.items() if v is not None and v is not False}
+def murder_task(*flags: str, **helps: str) -> Callable[[Callable[..., Any]], Any]:
+    """Make ``body`` a task that takes the option ``flags`` besides its own arguments.
+
+    ``body(c, *own, **options)`` receives only the flags that were given (a
+    flag left out falls back to the config), and failures are turned into
+    a clean ``invoke.Exit`` (:func:`_reported`). ``helps`` gives the help of
+    the body's own arguments, or another help for a flag.
+    """
+
+    def decorate(body: Callable[..., Any]) -> Any:
+        own = [
+            p
+            for p in inspect.signature(body).parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        params = own + [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                default=False if name in SWITCHES else None,
+                annotation=bool if name in SWITCHES else "str | None",
+            )
+            for name in flags
+        ]
+
+        @functools.wraps(body)
+        def wrapper(c: Any, *args: Any, **kwargs: Any) -> Any:
+            options = {k: kwargs.pop(k) for k in flags if k in kwargs}
+            given = {k: v for k, v in options.items() if v is not None and v is not False}
+            return body(c, *args, **kwargs, **given)
+
+        wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        helped = {name: FLAGS[name] for name in flags} | helps
+        return task(help=helped)(_reported(wrapper))
+
+    return decorate
 
 
 def _reported(fn: F) -> F:
@@ -93,252 +138,139 @@ def _reported(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _host_lines(result: GroupResult, describe: Callable[[Any], str]) -> None:
-    for conn, value in result.items():
+def _host_lines(result: HostResults[Any], describe: Callable[[Any], str]) -> None:
+    for host, value in result.items():
         if isinstance(value, BaseException):
-            print(f"[{conn.original_host}] failed: {value}", file=sys.stderr)
+            print(f"[{host}] failed: {value}", file=sys.stderr)
         else:
-            print(f"[{conn.original_host}] {describe(value)}")
+            print(f"[{host}] {describe(value)}")
 
 
-def _failed(result: GroupResult, what: str) -> None:
+def _failed(result: HostResults[Any], what: str) -> HostResults[Any]:
+    """Return ``result``, or exit non-zero naming every host where ``what`` failed."""
     if result.failed:
-        names = ", ".join(conn.original_host for conn in result.failed)
+        names = ", ".join(result.failed)
         raise Exit(f"murder: {what} failed on {names}", code=1)
+    return result
 
 
-def _drawn(step: Callable[..., Any], c: Any, *args: Any, **overrides: Any) -> Any:
+def _drawn(step: Callable[..., Any], c: Any, *args: Any, **options: Any) -> Any:
     """Run a pipeline ``step`` with the progress bar drawn, then print its per-host table."""
     renderer = Renderer()
     try:
-        result = step(c, *args, on_event=renderer, **_overrides(**overrides))
+        result = step(c, *args, on_event=renderer, **options)
     finally:
         renderer.close()
     print(table(getattr(result, "report", result)), flush=True)
     return result
 
 
-@task(help=RUN_HELP)
-@_reported
-def distribute_files(
-    c: Any,
-    tag: str | None = None,
-    files_path: str | None = None,
-    local_path: str | None = None,
-    destination_path: str | None = None,
-    force: bool = False,
-    timeout: str | None = None,
-    seed_after: str | None = None,
-    max_failed_peers: str | None = None,
-    upload_rate_limit: str | None = None,
-    download_rate_limit: str | None = None,
-    parallel: str | None = None,
-) -> DeployReport:
+@murder_task(*RUN)
+def distribute_files(c: Any, **options: Unpack[Options]) -> DeployReport:
     """Ship a release from the seeder to every peer over BitTorrent."""
-    return _drawn(
-        pipeline.distribute_files,
-        c,
-        tag=tag,
-        files_path=files_path,
-        local_path=local_path,
-        destination_path=destination_path,
-        force=force,
-        timeout=timeout,
-        seed_after=seed_after,
-        max_failed_peers=max_failed_peers,
-        upload_rate_limit=upload_rate_limit,
-        download_rate_limit=download_rate_limit,
-        parallel=parallel,
-    )
+    return cast(DeployReport, _drawn(pipeline.distribute_files, c, **options))
 
 
-@task(help={"parallel": RUN_HELP["parallel"]})
-@_reported
-def setup(c: Any, parallel: str | None = None) -> GroupResult:
+@murder_task("parallel")
+def setup(c: Any, **options: Unpack[Options]) -> HostResults[str]:
     """Install the agent (fabmurder and libtorrent) on every role host."""
-    result = pipeline.setup(c, **_overrides(parallel=parallel))
+    result = pipeline.setup(c, **options)
     _host_lines(result, lambda value: f"agent {value}")
     return result
 
 
-@task
-@_reported
+@murder_task()
 def start_tracker(c: Any) -> str:
     """Start the tracker on the tracker host unless it is already running."""
     return pipeline.start_tracker(c, on_event=Renderer())
 
 
-@task
-@_reported
-def stop_tracker(c: Any) -> GroupResult:
+@murder_task()
+def stop_tracker(c: Any) -> HostResults[Any]:
     """Stop the tracker fabmurder started on the tracker host."""
-    result = pipeline.stop_tracker(c, on_event=Renderer())
-    _failed(result, "stopping the tracker")
-    return result
+    return _failed(pipeline.stop_tracker(c, on_event=Renderer()), "stopping the tracker")
 
 
-@task(help={"tag": TAG, "files_path": RUN_HELP["files_path"], "local_path": RUN_HELP["local_path"]})
-@_reported
-def create_torrent(
-    c: Any, tag: str | None = None, files_path: str | None = None, local_path: str | None = None
-) -> dict[str, Any]:
+@murder_task("tag", "files_path", "local_path")
+def create_torrent(c: Any, **options: Unpack[Options]) -> CreateInfo:
     """Pack the release on the seeder and make its torrent."""
-    info = pipeline.create_torrent(
-        c, on_event=Renderer(), **_overrides(tag=tag, files_path=files_path, local_path=local_path)
-    )
+    info = pipeline.create_torrent(c, on_event=Renderer(), **options)
     print(json.dumps(info, indent=2, sort_keys=True))
     return info
 
 
-@task(help={"tag": "release to seed (made by create-torrent)"})
-@_reported
-def start_seeding(c: Any, tag: str | None = None) -> int | None:
+@murder_task("tag", tag="release to seed (made by create-torrent)")
+def start_seeding(c: Any, **options: Unpack[Options]) -> int | None:
     """Seed a release from the seeder, detached."""
-    return pipeline.start_seeding(c, on_event=Renderer(), **_overrides(tag=tag))
+    return pipeline.start_seeding(c, on_event=Renderer(), **options)
 
 
 @task(help={"tag": "release to stop seeding (default: all)"})
 @_reported
-def stop_seeding(c: Any, tag: str | None = None) -> GroupResult:
+def stop_seeding(c: Any, tag: str | None = None) -> HostResults[Any]:
     """Stop seeding on the seeder (every release unless --tag is given)."""
-    result = pipeline.stop_seeding(c, tag, on_event=Renderer())
-    _failed(result, "stopping seeding")
-    return result
+    return _failed(pipeline.stop_seeding(c, tag, on_event=Renderer()), "stopping seeding")
 
 
-@task(
-    help={
-        "tag": "release to download (being seeded already)",
-        "sha256": "the tarball's SHA-256 (default: read on the seeder)",
-        "destination_path": RUN_HELP["destination_path"],
-        "force": RUN_HELP["force"],
-        "timeout": RUN_HELP["timeout"],
-        "seed_after": RUN_HELP["seed_after"],
-        "max_failed_peers": RUN_HELP["max_failed_peers"],
-    }
-)
-@_reported
-def peer_download(
-    c: Any,
-    tag: str | None = None,
-    sha256: str | None = None,
-    destination_path: str | None = None,
-    force: bool = False,
-    timeout: str | None = None,
-    seed_after: str | None = None,
-    max_failed_peers: str | None = None,
-) -> DeployReport:
+@murder_task(
+    "tag", "destination_path", "force", "timeout", "seed_after", "max_failed_peers",
+    tag="release to download (being seeded already)",
+    sha256="the tarball's SHA-256 (default: read on the seeder)",
+)  # fmt: skip
+def peer_download(c: Any, sha256: str | None = None, **options: Unpack[Options]) -> DeployReport:
     """Download a seeded release on every peer and wait until all have it."""
-    return _drawn(
-        pipeline.peer_download,
-        c,
-        sha256,
-        tag=tag,
-        destination_path=destination_path,
-        force=force,
-        timeout=timeout,
-        seed_after=seed_after,
-        max_failed_peers=max_failed_peers,
-    )
+    return cast(DeployReport, _drawn(pipeline.peer_download, c, sha256, **options))
 
 
 @task(help={"tag": "release to stop peering (default: all)"})
 @_reported
-def stop_peering(c: Any, tag: str | None = None) -> GroupResult:
+def stop_peering(c: Any, tag: str | None = None) -> HostResults[Any]:
     """Stop the peer agents on every peer (every release unless --tag is given)."""
-    result = pipeline.stop_peering(c, tag, on_event=Renderer())
-    _failed(result, "stopping peering")
-    return result
+    return _failed(pipeline.stop_peering(c, tag, on_event=Renderer()), "stopping peering")
+
+
+@task(help={"tag": "only this release's daemons (default: all)"})
+@_reported
+def stop(c: Any, tag: str | None = None) -> HostResults[Any]:
+    """Stop every fabmurder daemon on every role host, past the hosts that cannot be reached."""
+    return _failed(pipeline.stop(c, tag, on_event=Renderer()), "stopping")
 
 
 @task(help={"tag": "only this release's files (default: all)"})
 @_reported
-def clean_temp_files(c: Any, tag: str | None = None) -> GroupResult:
+def clean_temp_files(c: Any, tag: str | None = None) -> HostResults[Any]:
     """Remove fabmurder's temp files on every role host."""
-    result = pipeline.clean_temp_files(c, tag, on_event=Renderer())
-    _failed(result, "cleaning temp files")
-    return result
+    return _failed(pipeline.clean_temp_files(c, tag, on_event=Renderer()), "cleaning temp files")
 
 
 # -- the release layout: releases/<tag>, current, revisions.log ----------------------------------
 
-WHERE = "on the peers: the directory holding releases/ and current"
-KEEP = "how many releases cleanup keeps (default: murder.keep_releases, else 5)"
-DEPLOY_HELP: dict[str, str] = {
-    **RUN_HELP,
-    "destination_path": "on the peers: releases land in DESTINATION_PATH/releases/<tag>",
-    "keep_releases": KEEP,
-}
 
-
-@task(help=DEPLOY_HELP)
-@_reported
-def deploy(
-    c: Any,
-    tag: str | None = None,
-    files_path: str | None = None,
-    local_path: str | None = None,
-    destination_path: str | None = None,
-    force: bool = False,
-    timeout: str | None = None,
-    seed_after: str | None = None,
-    max_failed_peers: str | None = None,
-    upload_rate_limit: str | None = None,
-    download_rate_limit: str | None = None,
-    parallel: str | None = None,
-    keep_releases: str | None = None,
-) -> releases.Deployed:
+@murder_task(
+    *RUN, "keep_releases",
+    destination_path="on the peers: releases land in DESTINATION_PATH/releases/<tag>",
+)  # fmt: skip
+def deploy(c: Any, **options: Unpack[Options]) -> releases.Deployed:
     """Distribute a release to releases/<tag>, point current at it, remove old releases."""
-    return _drawn(
-        releases.deploy,
-        c,
-        tag=tag,
-        files_path=files_path,
-        local_path=local_path,
-        destination_path=destination_path,
-        force=force,
-        timeout=timeout,
-        seed_after=seed_after,
-        max_failed_peers=max_failed_peers,
-        upload_rate_limit=upload_rate_limit,
-        download_rate_limit=download_rate_limit,
-        parallel=parallel,
-        keep_releases=keep_releases,
-    )
+    return cast(releases.Deployed, _drawn(releases.deploy, c, **options))
 
 
-@task(help={"tag": "the release to switch to (required)", "destination_path": WHERE})
-@_reported
-def publish(c: Any, tag: str | None = None, destination_path: str | None = None) -> Any:
+@murder_task("destination_path", tag="the release to switch to (required)", destination_path=WHERE)
+def publish(c: Any, tag: str | None = None, **options: Unpack[UntaggedOptions]) -> Any:
     """Point current at releases/<tag> on every peer, atomically."""
-    return releases.publish(
-        c, tag, on_event=Renderer(), **_overrides(destination_path=destination_path)
-    )
+    return releases.publish(c, tag, on_event=Renderer(), **options)
 
 
-@task(help={"destination_path": WHERE})
-@_reported
-def rollback(c: Any, destination_path: str | None = None) -> Any:
+@murder_task("destination_path", destination_path=WHERE)
+def rollback(c: Any, **options: Unpack[Options]) -> Any:
     """Point current back at the release before it on every peer."""
-    return releases.rollback(
-        c, on_event=Renderer(), **_overrides(destination_path=destination_path)
-    )
+    return releases.rollback(c, on_event=Renderer(), **options)
 
 
-@task(
-    help={
-        "keep_releases": KEEP,
-        "destination_path": WHERE,
-    }
-)
-@_reported
-def cleanup(c: Any, keep_releases: str | None = None, destination_path: str | None = None) -> Any:
+@murder_task("keep_releases", "destination_path", destination_path=WHERE)
+def cleanup(c: Any, **options: Unpack[Options]) -> Any:
     """Remove old releases on every peer, keeping the newest few and the current one."""
-    return releases.cleanup(
-        c,
-        on_event=Renderer(),
-        **_overrides(keep_releases=keep_releases, destination_path=destination_path),
-    )
+    return releases.cleanup(c, on_event=Renderer(), **options)
 
 
 @task(help={"raw": "print the raw JSON instead of a summary"})
@@ -398,6 +330,7 @@ ns = Collection(
     stop_seeding,
     peer_download,
     stop_peering,
+    stop,
     clean_temp_files,
     status,
     deploy,

@@ -11,19 +11,21 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from fabmurder import contract
+from fabmurder.config import Settings
 from fabmurder.errors import ConfigError
-from fabmurder.roles import Run, quote, shell
+from fabmurder.remote import Pool, quote, shell
 
 
-def upload_local(run: Run) -> str:
+def upload_local(pool: Pool, s: Settings) -> str:
     """Hand ``local_path`` on this machine to the seeder; return its path there."""
-    s = run.s
     assert s.local_path and s.seeder
     local = Path(s.local_path).expanduser()
     if not local.exists():
         raise ConfigError(f"murder.local_path {s.local_path!r} does not exist", key="local_path")
-    conn = run.conn(s.seeder)
-    target = s.tmp(f"upload-{s.tag}")
+    conn = pool.get(s.seeder)
+    directory, archive_name = contract.upload(s.tag)
+    target = s.tmp(directory)
     shell(conn, f"rm -rf -- {quote(target)} && mkdir -p -- {quote(target)}", "preparing the upload")
     if local.is_file():
         remote = f"{target}/{local.name}"
@@ -35,8 +37,8 @@ def upload_local(run: Run) -> str:
         with tarfile.open(archive, "w") as tar:
             for child in sorted(local.iterdir()):
                 tar.add(child, arcname=child.name)
-        conn.put(str(archive), remote=f"{target}.tar")
-    archive_path = quote(target + ".tar")
+        conn.put(str(archive), remote=s.tmp(archive_name))
+    archive_path = quote(s.tmp(archive_name))
     unpack = f"tar -C {quote(target)} -xpf {archive_path} && rm -f -- {archive_path}"
     shell(conn, unpack, "unpacking the upload")
     return target

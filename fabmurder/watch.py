@@ -1,26 +1,45 @@
-"""Wait for the peers: poll their status files and the tracker until each is done.
+"""The watch: follow the started peers until each has installed the release or failed.
 
-Polls run on their own thread pool so that one host that stops answering
-never holds the others back, and a poll still pending is never sent again.
-A peer is done when its status file says ``installed``, or failed when the
-file says so, when its agent exited without installing, when it stops
-answering, or when ``timeout`` runs out.
+Each peer is read through the host command ``poll`` (its status file,
+checked by the host contract's parser, and whether its agent's PID file
+still names a live process of ours). A poll waits on the host for the
+agent's end for up to one poll interval, so the end of a download is seen
+at once and a poll covers a whole interval. Polls run on their own thread
+pool so that one host that stops answering never holds the others back,
+and a poll still pending is never sent again. A peer is done when its
+status says ``installed``, or failed when it says so, when its agent
+exited without installing, when it stops answering, or when ``timeout``
+runs out. What the watch learns goes into the run's report (and, for a
+host it lost contact with, into that host's :class:`Watch`).
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fabric import Connection
 
-from fabmurder.remote import QUIET, failure_reason, run_agent
-from fabmurder.report import Event, HostReport
-from fabmurder.roles import POLL_TIMEOUT, Run, quote
+from fabmurder import contract
+from fabmurder.config import Settings
+from fabmurder.errors import HostError
+from fabmurder.plan import Plan
+from fabmurder.remote import (
+    POLL_TIMEOUT,
+    QUIET,
+    Pool,
+    agent_command,
+    failure_reason,
+    quote,
+    run_agent,
+)
+from fabmurder.report import DeployReport, Event, HostReport
+
+if TYPE_CHECKING:
+    from fabmurder.contract import PollReply
 
 #: seconds the control side waits beyond ``timeout`` before it gives up on a peer
 GRACE = 30.0
@@ -37,15 +56,19 @@ class Watch:
     """Per-peer bookkeeping of the wait loop."""
 
     report: HostReport
-    pid: int | None = None
     started: float = 0.0
     polled: float = 0.0
-    future: Future[Any] | None = None
-    submitted: float = 0.0
+    future: Future[PollReply] | None = None
+    #: when the pending poll began to run on its thread (0 while it waits for one)
+    running: float = 0.0
+    #: seconds the pending poll may wait on the host for the agent's end
+    wait: float = 0.0
     #: polls answered so far, and the download rate the last two of them showed
     polls: int = 0
     rate: float = 0.0
     measured: float = 0.0
+    #: why the watch lost contact with the host, when it did
+    lost: str | None = None
 
     def next_poll(self, interval: float, size: int, fast: float = FAST_POLL) -> float:
         """Return when to poll this peer next: sooner when it should be about done.
@@ -66,103 +89,101 @@ class Watch:
         return self.polled + min(interval, max(fast, delay))
 
 
-def read_status(run: Run, conn: Connection, pid: int | None) -> tuple[dict[str, Any] | None, bool]:
-    """Return one peer's status file (None if unreadable yet) and whether its agent lives."""
-    s = run.s
-    status_file = s.tmp(f"peer-{s.tag}.status.json")
-    command = f"cat -- {quote(status_file)} 2>/dev/null; echo; echo '#'"
-    if pid:
-        command += f"; kill -0 {int(pid)} 2>/dev/null && echo alive || echo dead"
-    result = conn.run(command, timeout=POLL_TIMEOUT, **QUIET)
-    text, _, tail = result.stdout.rpartition("#")
-    try:
-        status = json.loads(text) if text.strip() else None
-    except ValueError:
-        status = None  # caught mid-rewrite; the next poll reads a whole file
-    return (status if isinstance(status, dict) else None), "dead" not in tail
+def poll_command(s: Settings, wait: float) -> str:
+    """Return the command that reads one peer agent's status and liveness."""
+    return agent_command(
+        s, "poll",
+        "--status-file", s.tmp(contract.status_file("peer", s.tag)),
+        "--pid-file", s.tmp(contract.pid_file("peer", s.tag)),
+        "--wait", f"{wait:.2f}",
+    )  # fmt: skip
 
 
-def log_tail(run: Run, host: str) -> str:
+def read_status(conn: Connection, s: Settings, w: Watch) -> PollReply:
+    """Poll one peer (the command runs on a thread of the watch's pool)."""
+    w.running = time.monotonic()
+    result = conn.run(poll_command(s, w.wait), timeout=POLL_TIMEOUT + w.wait, **QUIET)
+    if result.exited != 0:
+        raise HostError(w.report.host, f"poll: {failure_reason(result)}", result)
+    return contract.parse_poll(result.stdout)
+
+
+def log_tail(pool: Pool, s: Settings, host: str) -> str:
     """Return the last line of a peer agent's log, for a failure reason."""
-    s = run.s
+    path = quote(s.tmp(contract.log_file("peer", s.tag)))
     try:
-        out = run.conn(host).run(
-            f"tail -n 3 -- {quote(s.tmp(f'peer-{s.tag}.log'))}", timeout=30, **QUIET
-        )
+        out = pool.get(host).run(f"tail -n 3 -- {path}", timeout=30, **QUIET)
     except Exception:  # the reason is best effort; the host is failed either way
         return ""
     lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
     return lines[-1] if lines else ""
 
 
-def apply_status(
-    w: Watch, status: dict[str, Any] | None, alive: bool, now: float, run: Run
-) -> None:
-    """Update a peer's report from its status file and liveness."""
+def apply_status(w: Watch, reply: PollReply, now: float) -> bool:
+    """Update a peer's report from a poll; return True if its agent exited without a verdict."""
     r = w.report
-    if status:
-        r.state = str(status.get("state", r.state))
-        r.bytes = int(status.get("done") or 0)
-        r.from_seeder = int(status.get("from_seeder") or 0)
-        r.from_peers = int(status.get("from_peers") or 0)
-        r.hash_failures = int(status.get("hash_failures") or 0)
-        for key in ("started_at", "downloaded_at", "installed_at", "cpu_seconds"):
-            value = status.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                setattr(r, key, float(value))
-        if status.get("installed"):
+    status = reply["status"]
+    if status is not None:
+        r.state = status["state"]
+        r.bytes, r.hash_failures = status["done"], status["hash_failures"]
+        r.from_seeder, r.from_peers = status["from_seeder"], status["from_peers"]
+        r.started_at, r.downloaded_at = status["started_at"], status["downloaded_at"]
+        r.installed_at, r.cpu_seconds = status["installed_at"], status.get("cpu_seconds")
+        if status["installed"]:
             r.ok = True
-            if not status.get("downloaded_at") and not r.from_seeder + r.from_peers:
+            if not status["downloaded_at"] and not r.from_seeder + r.from_peers:
                 # the agent found this very release in place: nothing was sent
                 r.state, r.bytes, r.seconds = "already installed", 0, 0.0
-                return
-            started, installed = status.get("started_at"), status.get("installed_at")
-            if isinstance(started, int | float) and isinstance(installed, int | float):
-                r.seconds = max(0.0, float(installed) - float(started))
+            elif status["installed_at"] is not None:
+                r.seconds = max(0.0, status["installed_at"] - status["started_at"])
             else:
                 r.seconds = now - w.started
-            return
-        if r.state in ("failed", "stopped") and status.get("error"):
-            r.reason = str(status["error"])
-            return
-    if not alive:
-        r.reason = f"the peer agent exited without installing ({r.state})"
-        tail = log_tail(run, r.host)
-        if tail:
-            r.reason += f": {tail}"
+            return False
+        if r.state in contract.FINAL_STATES and status["error"]:
+            r.reason = status["error"]
+            return False
+    if reply["alive"]:
+        return False
+    r.reason = f"the peer agent exited without installing ({r.state})"
+    return True
 
 
-def watch(run: Run, watches: dict[str, Watch], stats_url: str | None, info: dict[str, Any]) -> None:
+def watch(
+    pool: Pool, plan: Plan, watches: Mapping[str, Watch], size: int, report: DeployReport
+) -> None:
     """Poll the peers (and the tracker's stats) until each is installed or failed."""
-    s = run.s
+    s = plan.s
     deadline = time.monotonic() + s.timeout + GRACE
-    size = int(info.get("size") or 0)
-    swarm: dict[str, Any] = {}
-    stats: Future[Any] | None = None
+    swarm: dict[str, object] = {}
+    stats: Future[dict[str, object]] | None = None
     stats_polled = 0.0
-    pool = ThreadPoolExecutor(max_workers=min(s.parallel, len(watches) + 1))
+    workers = min(s.parallel, len(watches) + 1)
+    threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="murder-watch")
     try:
         while True:
             now = time.monotonic()
             for w in watches.values():
                 if not w.report.finished:
-                    _collect(run, w, now)
+                    _collect(pool, s, w, now, report)
             if stats is not None and stats.done():
-                swarm = swarm_stats(stats, info.get("info_hash")) or swarm
+                swarm = swarm_stats(stats, report.info_hash) or swarm
                 stats = None
             pending = [w for w in watches.values() if not w.report.finished]
-            _progress(run, watches, size, swarm)
+            _progress(report, watches, size, swarm)
             if not pending:
                 return
             if now >= deadline:
                 for w in pending:
                     why = f"{w.report.state}, {w.report.bytes} of {size} bytes"
-                    _fail(run, w, f"timed out after {s.timeout:.0f} s ({why})")
+                    report.fail(w.report.host, f"timed out after {s.timeout:.0f} s ({why})")
                 return
             # Polling slows down on large fleets so the control machine's SSH
             # traffic stays modest: about 200 status reads a second at most.
             fast = max(FAST_POLL, len(pending) / 200)
             interval = max(s.poll_interval, fast)
+            # A poll that waits on its host holds a thread: only while every
+            # pending peer (and the stats) has one.
+            hold = interval if len(pending) < workers else 0.0
             due = []
             for w in pending:
                 if w.future is not None:
@@ -171,41 +192,51 @@ def watch(run: Run, watches: dict[str, Watch], stats_url: str | None, info: dict
                 if now < at:
                     due.append(at - now)
                     continue
-                w.polled = w.submitted = now
-                w.future = pool.submit(read_status, run, run.conn(w.report.host), w.pid)
+                w.polled, w.running, w.wait = now, 0.0, hold
+                w.future = threads.submit(read_status, pool.get(w.report.host), s, w)
             stats_due = now - stats_polled >= max(interval, STATS_INTERVAL)
-            if stats_url and s.tracker and stats is None and stats_due:
+            if plan.stats_url and s.tracker and stats is None and stats_due:
                 stats_polled = now
-                stats = pool.submit(run_agent, run.conn(s.tracker), s, "stats", "--url", stats_url)
+                stats = threads.submit(_read_stats, pool, s, plan.stats_url)
             wait_for = min([s.poll_interval, 0.5, *due])
             pause(max(0.01, wait_for), [*(w.future for w in pending), stats])
     finally:
         # A poll stuck on a dead host must not hold the run; closing the pool's
         # connections later unblocks its thread.
-        pool.shutdown(wait=False, cancel_futures=True)
+        threads.shutdown(wait=False, cancel_futures=True)
 
 
-def _collect(run: Run, w: Watch, now: float) -> None:
+def _read_stats(pool: Pool, s: Settings, url: str) -> dict[str, object]:
+    assert s.tracker
+    return run_agent(pool.get(s.tracker), s, "stats", "--url", url)
+
+
+def _collect(pool: Pool, s: Settings, w: Watch, now: float, report: DeployReport) -> None:
     """Take in a finished poll of one peer, or fail the peer if its poll hangs."""
+    host = w.report.host
     if w.future is None:
         return
     if not w.future.done():
         # A host that cannot answer one status read in half the peer timeout
         # has lost its link or its sshd: fail it now, not at the deadline.
-        hang = min(POLL_TIMEOUT, max(5.0, run.s.timeout / 2))
-        if now - w.submitted > hang:
-            run.unreachable[w.report.host] = "no answer"
-            _fail(run, w, f"no answer for {hang:.0f} s during the download")
+        # The clock starts when the poll runs, not while it waits for a thread.
+        hang = min(POLL_TIMEOUT, max(5.0, s.timeout / 2))
+        if w.running and now - w.running > hang + w.wait:
+            w.lost = "no answer"
+            report.fail(host, f"no answer for {hang:.0f} s during the download")
         return
     future, w.future = w.future, None
     try:
-        status, alive = future.result()
+        reply = future.result()
     except Exception as exc:
-        run.unreachable[w.report.host] = failure_reason(exc)
-        _fail(run, w, f"lost contact during the download: {failure_reason(exc)}")
+        w.lost = failure_reason(exc)
+        report.fail(host, f"lost contact during the download: {failure_reason(exc)}")
         return
     before, before_at = w.report.bytes, w.measured
-    apply_status(w, status, alive, now, run)
+    if apply_status(w, reply, now):
+        tail = log_tail(pool, s, host)
+        if tail:
+            w.report.reason = f"{w.report.reason}: {tail}"
     w.polls += 1
     if w.report.bytes > before and before_at:
         w.rate = (w.report.bytes - before) / max(now - before_at, 1e-3)
@@ -214,27 +245,22 @@ def _collect(run: Run, w: Watch, now: float) -> None:
         r = w.report
         message = r.state if r.state == "already installed" else "installed"
         data = {"ok": r.ok, "reason": r.reason, "report": r, "quiet": r.ok}
-        run.emit(Event("host", message if r.ok else "failed", r.host, data))
+        report.emit(Event("host", message if r.ok else "failed", host, data))
 
 
-def _fail(run: Run, w: Watch, reason: str) -> None:
-    w.report.reason = reason
-    run.emit(Event("host", "failed", w.report.host, {"ok": False, "reason": reason}))
-
-
-def _progress(run: Run, watches: dict[str, Watch], size: int, swarm: dict[str, Any]) -> None:
+def _progress(
+    report: DeployReport, watches: Mapping[str, Watch], size: int, swarm: dict[str, object]
+) -> None:
     reports = [w.report for w in watches.values()]
-    done = sum(1 for r in reports if r.ok)
-    failed = sum(1 for r in reports if r.reason is not None and not r.ok)
     data = {
-        "done": done,
-        "failed": failed,
+        "done": sum(1 for r in reports if r.ok),
+        "failed": sum(1 for r in reports if r.reason is not None and not r.ok),
         "total": len(reports),
         "bytes": sum(size if r.ok else r.bytes for r in reports),
         "bytes_total": size * len(reports),
         "swarm": swarm,
     }
-    run.emit(Event("progress", data=data))
+    report.emit(Event("progress", data=data))
 
 
 def pause(seconds: float, futures: Sequence[Future[Any] | None]) -> None:
@@ -246,13 +272,15 @@ def pause(seconds: float, futures: Sequence[Future[Any] | None]) -> None:
         time.sleep(seconds)  # pacing between poll rounds, not synchronisation
 
 
-def swarm_stats(future: Future[Any], info_hash: str | None) -> dict[str, Any] | None:
+def swarm_stats(
+    future: Future[dict[str, object]], info_hash: str | None
+) -> dict[str, object] | None:
     """Return the tracker's stats of this torrent from a finished stats poll, or None."""
     try:
         data = future.result()
     except Exception:  # the tracker's numbers are decoration; peers' status files decide
         return None
-    swarms = data.get("swarms") if isinstance(data, dict) else None
+    swarms = data.get("swarms")
     if not isinstance(swarms, dict) or not info_hash:
         return None
     entry = swarms.get(info_hash.lower()) or swarms.get(info_hash.upper())

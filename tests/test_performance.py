@@ -112,8 +112,8 @@ def test_a_peer_is_polled_when_its_download_should_be_done() -> None:
 def test_the_inline_torrent_step_writes_the_exact_bytes_with_a_real_shell(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from fabmurder.agents import INLINE_TORRENT_MAX, place_torrent
     from fabmurder.config import Settings
+    from fabmurder.daemons import INLINE_TORRENT_MAX, place_torrent
 
     torrent = tmp_path / "local.torrent"
     torrent.write_bytes(bytes(range(256)) * 40 + b"'$(touch pwned)`;\n")
@@ -121,7 +121,7 @@ def test_the_inline_torrent_step_writes_the_exact_bytes_with_a_real_shell(tmp_pa
     temp, dest = tmp_path / "t mp", tmp_path / "de$st"
     s = SimpleNamespace(temp_path=str(temp), destination_path=str(dest), tag="v1")
     s.tmp = lambda name: f"{temp}/{name}"
-    step = place_torrent(SimpleNamespace(s=cast(Settings, s)), cast(Any, None), torrent)
+    step = place_torrent(cast(Settings, s), cast(Any, None), torrent)
     subprocess.run(["sh", "-c", step], check=True, cwd=tmp_path)
     assert (temp / "v1.torrent").read_bytes() == torrent.read_bytes()
     assert dest.is_dir() and not (tmp_path / "pwned").exists()

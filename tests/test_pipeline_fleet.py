@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from invoke import Context
 
-from fabmurder import agents, pipeline
+from fabmurder import daemons, pipeline
 from fabmurder.errors import DeployError
 from fabmurder.remote import FastConnection
 from fabmurder.report import Event
@@ -304,7 +304,7 @@ def test_a_torrent_too_large_to_travel_inline_is_uploaded_to_each_peer(
     fleet: Fleet, murder: dict[str, Any], release: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Any torrent over INLINE_TORRENT_MAX (a release over ~600 MiB) takes the SFTP path.
-    monkeypatch.setattr(agents, "INLINE_TORRENT_MAX", 0)
+    monkeypatch.setattr(daemons, "INLINE_TORRENT_MAX", 0)
     uploads: list[str] = []
     real_put = FastConnection.put
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from fabmurder import pipeline, status
+from fabmurder import overview, pipeline
 from fabmurder.errors import DeployError
 from fabmurder.host import metainfo
 from fabmurder.testing.deploykit import AGENT_PYTHON, DeployKit
@@ -269,7 +269,7 @@ def test_strict_host_keys_refuse_a_changed_or_unknown_key_and_the_others_still_d
         assert kit.listing(index, kit.temp_path) == [] == kit.listing(index, kit.destination_path)
 
     # switched off, fabmurder trusts whatever key the host shows (Fabric's default)
-    lax = status.status(kit.context({**murder, "strict_host_keys": False}))
+    lax = overview.status(kit.context({**murder, "strict_host_keys": False}))
     assert "error" not in lax[changed] and "error" not in lax[unknown]
 
 

@@ -1,0 +1,193 @@
+"""Start and stop the agents on the hosts: the seeder, the peers, and every daemon by PID file.
+
+Each function builds one host-side command line (every argument quoted by
+:func:`~fabmurder.remote.agent_command`) from the plan and runs it on a
+role host. The agents write their PID files, logs and status files under
+``temp_path`` with the names :mod:`fabmurder.contract` gives them; stopping
+goes through those PID files only (``finish`` checks each PID is still
+ours), never a name pattern.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+from fabric import Connection
+
+from fabmurder import contract
+from fabmurder.config import Settings
+from fabmurder.errors import HostError
+from fabmurder.plan import Plan
+from fabmurder.remote import (
+    QUIET,
+    HostResults,
+    Pool,
+    agent_command,
+    failure_reason,
+    quote,
+    run_agent,
+    shell,
+)
+from fabmurder.report import Event, EventCallback
+
+if TYPE_CHECKING:
+    from fabmurder.contract import FinishReply, StopRecord
+
+#: a torrent up to this size travels inside the peer's start command (base64),
+#: which saves a directory command and an SFTP session per peer; a larger one
+#: (a release over about 600 MiB at 256 KiB pieces) is uploaded first. The
+#: command stays well under Linux's 128 KiB limit on one argument.
+INLINE_TORRENT_MAX = 48 * 1024
+
+
+def rate_args(s: Settings, download: bool) -> list[object]:
+    """Return the rate-limit and libtorrent-settings arguments of an agent."""
+    args: list[object] = []
+    if s.upload_rate_limit:
+        args += ["--upload-rate-limit", s.upload_rate_limit]
+    if download and s.download_rate_limit:
+        args += ["--download-rate-limit", s.download_rate_limit]
+    if s.libtorrent:
+        args += ["--settings", json.dumps(dict(s.libtorrent), sort_keys=True)]
+    return args
+
+
+def start_seed(pool: Pool, plan: Plan, emit: EventCallback) -> int | None:
+    """Start seeding the run's release on the seeder, detached; return its PID."""
+    s = plan.s
+    assert s.seeder
+    args: list[object] = [
+        "--torrent", s.tmp(contract.torrent(s.tag)), "--save-path", s.temp_path,
+        "--bind", plan.address(s.seeder), "--port", s.peer_port,
+        "--status-file", s.tmp(contract.status_file("seed", s.tag)), "--tag", s.tag,
+        *plan.allow_args, *rate_args(s, download=False),
+    ]  # fmt: skip
+    data = run_agent(
+        pool.get(s.seeder), s, "daemon", "start",
+        "--pid-file", s.tmp(contract.pid_file("seed", s.tag)),
+        "--log", s.tmp(contract.log_file("seed", s.tag)),
+        "--", "seed", *args, ok=(0, 3),
+    )  # fmt: skip
+    running = "already seeding" if data["exit"] == 3 else f"seeding (pid {data.get('pid')})"
+    emit(Event("host", running, s.seeder, {"ok": True}))
+    pid = data.get("pid")
+    return pid if isinstance(pid, int) else None
+
+
+def place_torrent(s: Settings, conn: Connection, torrent: Path) -> str:
+    """Return the shell step that makes the directories and puts ``torrent`` in place.
+
+    A large torrent is uploaded here (SFTP) and the step only makes the
+    directories; a small one is written by the step itself, atomically.
+    """
+    assert s.destination_path
+    final = s.tmp(contract.torrent(s.tag))
+    dirs = f"mkdir -p -- {quote(s.temp_path)} {quote(s.destination_path)}"
+    data = torrent.read_bytes()
+    if len(data) > INLINE_TORRENT_MAX:
+        shell(conn, f"mkdir -p -- {quote(s.temp_path)}", "making temp_path")
+        conn.put(str(torrent), remote=final)
+        return dirs
+    tmp = quote(contract.inline_temp(final))
+    encoded = quote(base64.b64encode(data).decode("ascii"))
+    return f"{dirs} && printf %s {encoded} | base64 -d > {tmp} && mv -f -- {tmp} {quote(final)}"
+
+
+def start_peer(pool: Pool, plan: Plan, conn: Connection, torrent: Path, sha256: str) -> int | None:
+    """Put the torrent on one peer and start its agent, detached; return its PID."""
+    s = plan.s
+    assert s.destination_path and s.seeder
+    host = pool.host_of(conn)
+    before = place_torrent(s, conn, torrent)
+    args: list[object] = [
+        "--torrent", s.tmp(contract.torrent(s.tag)), "--save-path", s.temp_path,
+        "--bind", plan.address(host), "--port", s.peer_port,
+        "--status-file", s.tmp(contract.status_file("peer", s.tag)),
+        "--sha256", sha256, "--dest", s.destination_path, "--tag", s.tag,
+        "--timeout", s.timeout, "--seed-after", s.seed_after,
+        "--seeder", plan.address(s.seeder), *plan.allow_args, *rate_args(s, download=True),
+    ]  # fmt: skip
+    if host in s.peers and len(s.peers) > 1:
+        # Each peer asks the seeder for its own slice first (host-side stripe_priorities).
+        args += ["--stripe", f"{s.peers.index(host)}/{len(s.peers)}"]
+    if s.force:
+        args.append("--force")
+    data = run_agent(
+        conn, s, "daemon", "start",
+        "--pid-file", s.tmp(contract.pid_file("peer", s.tag)),
+        "--log", s.tmp(contract.log_file("peer", s.tag)),
+        "--", "peer", *args, ok=(0, 3), before=before,
+    )  # fmt: skip
+    pid = data.get("pid")
+    return pid if isinstance(pid, int) else None
+
+
+def _remove_upload(s: Settings, tag: str) -> str:
+    return "rm -rf -- " + " ".join(quote(s.tmp(name)) for name in contract.upload(tag))
+
+
+def stop_daemons(
+    pool: Pool,
+    s: Settings,
+    roles: Mapping[str, list[str]],
+    tag: str | None,
+    emit: EventCallback,
+    *,
+    clean: bool = False,
+    quiet: bool = False,
+) -> HostResults[list[StopRecord]]:
+    """Stop the daemons of each host's ``roles`` (of release ``tag``, or all) by their PID files.
+
+    One SSH command and one host-side process per host (``finish``); with
+    ``clean`` (needs ``tag``) the release's temp files and upload go too.
+
+    :param quiet: mark the per-host "stopped" events as routine news.
+    :returns: per host, ``finish``'s stop records.
+    """
+
+    def finish(conn: Connection) -> list[StopRecord]:
+        """Stop (and clean) on one host; return the stop records."""
+        host = pool.host_of(conn)
+        args: list[object] = ["--temp-path", s.temp_path]
+        for role in roles[host]:
+            args += ["--role", role]
+        args += ["--tag", tag] if tag else []
+        command = f"test -x {quote(s.agent_python)} || exit 0; "
+        command += agent_command(s, "finish", *args, *(["--clean"] if clean else []))
+        if clean and tag:
+            command += f" && {_remove_upload(s, tag)}"
+        result = conn.run(command, timeout=120, **QUIET)
+        reply = cast("FinishReply", contract.parse_reply(result.stdout) or {})
+        if result.exited != 0:
+            why = reply.get("error") or failure_reason(result)
+            raise HostError(host, f"finish {'/'.join(roles[host])}: {why}")
+        return list(reply.get("stopped") or [])
+
+    result = pool.fan_out(roles, finish)
+    for host, value in result.items():
+        what = " or ".join(roles[host])
+        if isinstance(value, BaseException):
+            message = f"could not stop {what}" + (" or clean up" if clean else "")
+            emit(Event("host", message, host, {"ok": False, "reason": failure_reason(value)}))
+            continue
+        names = [
+            f"{Path(r['pid_file'] or '?').name} pid {r['pid']}" for r in value if r.get("stopped")
+        ]
+        message = f"stopped {', '.join(names)}" if names else f"no {what} running"
+        emit(Event("host", message, host, {"ok": True, "stopped": value, "quiet": quiet}))
+    return result
+
+
+def clean(pool: Pool, s: Settings, hosts: Iterable[str], tag: str | None) -> HostResults[object]:
+    """Remove the temp files of ``tag`` (or all idle ones) and any upload on ``hosts``."""
+    args = ["--temp-path", s.temp_path] + (["--tag", tag] if tag else [])
+    command = f"test -x {quote(s.agent_python)} || exit 0; " + agent_command(s, "clean", *args)
+    if tag:
+        command += f" && {_remove_upload(s, tag)}"
+    return pool.fan_out(
+        hosts, lambda conn: shell(conn, command, "cleaning temp files", timeout=120)
+    )

@@ -1,0 +1,58 @@
+"""The peers' side of a run: one preparation before any agent starts, and one verdict after.
+
+:func:`distribute_files` and :func:`peer_download` (in
+:mod:`fabmurder.pipeline`) share both, so they refuse, report, install and
+judge with the same events and the same messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from fabmurder.errors import DeployError, HostError
+from fabmurder.install import install_agent
+from fabmurder.plan import Plan
+from fabmurder.remote import Pool
+from fabmurder.report import DeployReport
+
+
+def prepare(pool: Pool, plan: Plan, report: DeployReport, hosts: Iterable[str]) -> list[str]:
+    """Get the peers ready: fail the unreachable in the report, install the agent.
+
+    The plan has refused a foreign destination already (:func:`~fabmurder.plan.make_plan`).
+
+    :param hosts: the role hosts that need the agent (the peers among them
+        that fail are failed in the report; any other host raises).
+    :returns: the peers to start, in ``murder.peers`` order.
+    :raises HostError: when a host other than a peer cannot get the agent.
+    """
+    for host, reason in plan.unreachable.items():
+        if host in report.hosts:
+            report.fail(host, reason)
+    reachable = [h for h in hosts if h not in plan.unreachable]
+    report.phase("installing the agent")
+    stamps = plan.found.stamps
+    for host, reason in install_agent(pool, plan.s, stamps, reachable, report.emit).items():
+        if host not in report.hosts:
+            raise HostError(host, f"installing the agent failed: {reason}")
+        report.fail(host, f"installing the agent failed: {reason}")
+    return [h for h in plan.s.peers if not report.hosts[h].finished]
+
+
+def judge(plan: Plan, report: DeployReport, seeder_lost: str | None = None) -> DeployReport:
+    """Return ``report`` when at most ``max_failed_peers`` failed; raise otherwise.
+
+    :raises DeployError: with ``.failures`` and ``.report``, naming the
+        limit and, when it died, the seeder.
+    """
+    s = plan.s
+    failures = report.failures
+    if len(failures) > s.max_failed_peers:
+        lost = f"; {seeder_lost}" if seeder_lost else ""
+        raise DeployError(
+            f"{len(failures)} of {len(s.peers)} peer(s) failed "
+            f"(max_failed_peers is {s.max_failed_peers}){lost}",
+            failures,
+            report,
+        )
+    return report

@@ -1,0 +1,406 @@
+"""The control side without hosts: the watch, the daemons' start and stop, the verdict.
+
+Every test runs on a fake pool whose connections answer each command with
+a scripted result, so none needs root, namespaces or sshd.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import pkgutil
+import threading
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from invoke import Context, Result
+from invoke.exceptions import Exit
+
+import fabmurder
+import fabmurder.tasks as tasks_mod
+from fabmurder import contract, daemons, pipeline, watch
+from fabmurder.config import settings
+from fabmurder.errors import DeployError
+from fabmurder.options import Options
+from fabmurder.plan import Plan, make_plan
+from fabmurder.probe import Probe
+from fabmurder.remote import Pool
+from fabmurder.report import DeployReport, Event, HostReport
+
+Handler = Callable[[str, str], Result]
+PEERS = ("web1", "web2", "web3")
+RELEASE = 1000
+
+
+class FakeConnection:
+    """A connection whose commands are answered by a handler(host, command)."""
+
+    def __init__(self, host: str, handler: Handler, log: list[tuple[str, str]]) -> None:
+        self.host = self.original_host = host
+        self.handler = handler
+        self.log = log
+
+    def run(self, command: str, **kwargs: Any) -> Result:
+        self.log.append((self.host, command))
+        return self.handler(self.host, command)
+
+    def get(self, remote: str, local: str) -> None:
+        Path(local).write_bytes(b"d8:announce0:e")
+
+    def put(self, local: str, remote: str) -> None:
+        self.log.append((self.host, f"put {remote}"))
+
+    def close(self) -> None:
+        pass
+
+
+class FakePool(Pool):
+    """A real pool (fan-out, results by host) over fake connections."""
+
+    def __init__(self, handler: Handler, parallel: int = 8) -> None:
+        super().__init__(Context().config, parallel=parallel)
+        self.handler = handler
+        self.log: list[tuple[str, str]] = []
+        self.fakes: dict[str, FakeConnection] = {}
+
+    def get(self, host: str) -> Any:
+        return self.fakes.setdefault(host, FakeConnection(host, self.handler, self.log))
+
+    def host_of(self, conn: Any) -> str:
+        return str(conn.host)
+
+    def commands(self, word: str) -> list[str]:
+        """Return the hosts that ran a command containing ``word``, in order."""
+        return [host for host, command in self.log if word in command]
+
+
+def ok(data: object = None, exited: int = 0) -> Result:
+    return Result(stdout=json.dumps(data if data is not None else {}) + "\n", exited=exited)
+
+
+def status(
+    state: str, done: int, installed: bool = False, error: str | None = None
+) -> dict[str, Any]:
+    return {
+        "role": "peer", "tag": "v1", "info_hash": "ab" * 20, "pid": 42, "state": state,
+        "installed": installed, "error": error, "total": RELEASE, "done": done, "uploaded": 0,
+        "from_seeder": done, "from_peers": 0, "hash_failures": 0, "peers": 2,
+        "started_at": 100.0, "downloaded_at": 101.0 if done == RELEASE else None,
+        "installed_at": 102.5 if installed else None, "updated_at": 102.5,
+    }  # fmt: skip
+
+
+def polls(script: dict[str, Callable[[int], Result]]) -> Handler:
+    """Answer each host's n-th poll with ``script[host](n)``; log tails name the log."""
+    counts: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def handler(host: str, command: str) -> Result:
+        if command.startswith("tail "):
+            return Result(stdout="fabmurder: peer failed: disk full\n")
+        if " daemon status " in command:
+            return ok({"alive": True, "pid": 7})
+        with lock:
+            counts[host] = counts.get(host, 0) + 1
+            n = counts[host]
+        return script[host](n)
+
+    return handler
+
+
+def plan_for(**options: Any) -> Plan:
+    base: Options = {"seeder": "seed1", "peers": list(PEERS), "tracker": "seed1", "tag": "v1"}
+    s = settings(Context(), **{**base, **options})
+    addresses = {h: f"10.0.0.{i}" for i, h in enumerate(["seed1", *PEERS], 1)}
+    return Plan(s, Probe(addresses=addresses))
+
+
+def started(plan: Plan) -> tuple[DeployReport, dict[str, watch.Watch], list[Event]]:
+    events: list[Event] = []
+    report = DeployReport("v1", hosts={h: HostReport(h) for h in PEERS}, on_event=events.append)
+    report.info_hash = "ab" * 20
+    now = watch.time.monotonic()
+    watches = {h: watch.Watch(report.hosts[h], started=now, polled=now) for h in PEERS}
+    return report, watches, events
+
+
+def installed_after(n: int) -> Callable[[int], Result]:
+    def answer(i: int) -> Result:
+        done = min(RELEASE, RELEASE * i // n)
+        record = status("seeding" if i >= n else "downloading", done, installed=i >= n)
+        return ok({"status": record, "alive": True, "error": None})
+
+    return answer
+
+
+# -- the watch ------------------------------------------------------------------------------------
+
+
+def test_the_watch_follows_every_peer_to_installed_through_the_poll_command() -> None:
+    plan = plan_for(poll_interval=0.05)
+    pool = FakePool(polls({h: installed_after(3) for h in PEERS}))
+    report, watches, events = started(plan)
+    watch.watch(pool, plan, watches, RELEASE, report)
+    assert report.failures == {} and report.succeeded == list(PEERS)
+    assert {r.seconds for r in report.hosts.values()} == {2.5}  # the agent's own clock
+    polled = [c for _, c in pool.log if " poll " in c]
+    assert all(contract.status_file("peer", "v1") in c for c in polled)
+    assert "cat " not in " ".join(polled) and "kill -0" not in " ".join(polled)
+    assert [e.host for e in events if e.kind == "host" and e.message == "installed"] != []
+    assert events[-1].kind == "progress" and events[-1].data["done"] == 3
+
+
+def test_a_lost_host_a_dead_agent_and_a_failed_agent_each_fail_with_their_reason() -> None:
+    plan = plan_for(poll_interval=0.05)
+
+    def lost(n: int) -> Result:
+        raise OSError("Connection reset by peer")
+
+    def dead(n: int) -> Result:
+        return ok({"status": status("downloading", 10), "alive": False, "error": None})
+
+    def failed(n: int) -> Result:
+        record = status("failed", 10, error="sha256 mismatch")
+        return ok({"status": record, "alive": False, "error": None})
+
+    pool = FakePool(polls({"web1": lost, "web2": dead, "web3": failed}))
+    report, watches, _ = started(plan)
+    watch.watch(pool, plan, watches, RELEASE, report)
+    assert report.failures == {
+        "web1": "lost contact during the download: cannot connect: Connection reset by peer",
+        "web2": "the peer agent exited without installing (downloading): "
+        "fabmurder: peer failed: disk full",
+        "web3": "sha256 mismatch",
+    }
+    assert watches["web1"].lost and not watches["web2"].lost and not watches["web3"].lost
+
+
+def test_a_peer_past_its_timeout_fails_naming_its_state_and_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(watch, "GRACE", 0.0)
+    plan = plan_for(poll_interval=0.05, timeout=0.3)
+    stuck = {"status": status("downloading", 250), "alive": True, "error": None}
+    script = {h: installed_after(2) for h in PEERS} | {"web2": lambda n: ok(stuck)}
+    report, watches, _ = started(plan)
+    watch.watch(FakePool(polls(script)), plan, watches, RELEASE, report)
+    assert report.failures == {"web2": "timed out after 0 s (downloading, 250 of 1000 bytes)"}
+
+
+def test_a_host_that_stops_answering_a_poll_is_failed_before_the_deadline() -> None:
+    plan = plan_for(poll_interval=0.05, timeout=1)  # a poll may hang 5 s at least
+    release = threading.Event()
+
+    def hangs(n: int) -> Result:
+        release.wait(30)
+        raise OSError("closed")
+
+    report, watches, _ = started(plan)
+    began = watch.time.monotonic()
+    try:
+        script = {h: installed_after(1) for h in PEERS} | {"web3": hangs}
+        watch.watch(FakePool(polls(script)), plan, watches, RELEASE, report)
+    finally:
+        release.set()
+    assert report.failures == {"web3": "no answer for 5 s during the download"}
+    assert watches["web3"].lost == "no answer"
+    assert watch.time.monotonic() - began < 20
+
+
+def test_a_poll_waits_on_the_host_only_while_every_peer_has_a_thread() -> None:
+    plan = plan_for(poll_interval=0.2, parallel=8)
+    pool = FakePool(polls({h: installed_after(2) for h in PEERS}))
+    report, watches, _ = started(plan)
+    watch.watch(pool, plan, watches, RELEASE, report)
+    assert {c.rsplit("--wait ", 1)[1] for _, c in pool.log if " poll " in c} == {"0.20"}
+    few = plan_for(poll_interval=0.2, parallel=2)
+    pool = FakePool(polls({h: installed_after(2) for h in PEERS}))
+    report, watches, _ = started(few)
+    watch.watch(pool, few, watches, RELEASE, report)
+    assert {c.rsplit("--wait ", 1)[1] for _, c in pool.log if " poll " in c} == {"0.00"}
+
+
+# -- the daemons --------------------------------------------------------------------------------
+
+
+def test_stopping_goes_past_an_unreachable_host_and_names_it() -> None:
+    s = plan_for().s
+
+    def handler(host: str, command: str) -> Result:
+        if host == "web2":
+            raise OSError("No route to host")
+        record = {"stopped": True, "pid": 9, "reason": "", "pid_file": f"/tmp/x/{host}.pid"}
+        return ok({"stopped": [record], "clean": None})
+
+    events: list[Event] = []
+    pool = FakePool(handler)
+    roles = {"seed1": ["tracker", "seed"], **{h: ["peer"] for h in PEERS}}
+    result = daemons.stop_daemons(pool, s, roles, None, events.append)
+    assert result.failed == {"web2": "cannot connect: No route to host"}
+    assert sorted(result.succeeded) == ["seed1", "web1", "web3"]
+    seed_command = next(c for h, c in pool.log if h == "seed1")
+    assert "--role tracker --role seed" in seed_command and "--tag" not in seed_command
+    by_host = {e.host: e for e in events}
+    assert by_host["web2"].data["ok"] is False and by_host["web2"].message == "could not stop peer"
+    assert by_host["web1"].message == "stopped web1.pid pid 9"
+
+
+def test_murder_stop_stops_every_role_and_exits_non_zero_naming_the_unreachable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def handler(host: str, command: str) -> Result:
+        if host == "web1":
+            raise OSError("timed out")
+        return ok({"stopped": [], "clean": None})
+
+    pool = FakePool(handler)
+    monkeypatch.setattr(pipeline, "open_pool", lambda c, s: pool)
+    c = Context()
+    c.config.murder = {"tracker": "seed1", "seeder": "seed1", "peers": list(PEERS)}
+    with pytest.raises(Exit) as caught:
+        tasks_mod.stop(c)
+    assert caught.value.code == 1 and "web1" in str(caught.value.message)
+    assert sorted(pool.commands(" finish ")) == ["seed1", "web1", "web2", "web3"]
+    assert "--role tracker --role seed" in next(c for h, c in pool.log if h == "seed1")
+
+
+def test_a_peer_starts_with_its_slice_and_the_allow_list_built_once() -> None:
+    plan = plan_for(destination_path="/srv/app")
+    pool = FakePool(lambda host, command: ok({"pid": 50}))
+    torrent = Path(__file__)  # any small file stands in for the torrent
+    assert daemons.start_peer(pool, plan, pool.get("web2"), torrent, "f" * 64) == 50
+    command = pool.log[-1][1]
+    assert "--stripe 1/3" in command and "--seeder 10.0.0.1" in command
+    assert " ".join(plan.allow_args) in command and plan.allow_args is plan.allow_args
+    assert plan.allow_args == (
+        "--allow",
+        "10.0.0.1/32",
+        "--allow",
+        "10.0.0.2/31",
+        "--allow",
+        "10.0.0.4/32",
+    )
+    events: list[Event] = []
+    running = FakePool(lambda host, command: ok({}, exited=3))
+    assert daemons.start_seed(running, plan, events.append) is None
+    assert events[-1].message == "already seeding"
+
+
+# -- the verdict and a whole run -------------------------------------------------------------------
+
+
+def test_the_verdict_allows_max_failed_peers_and_names_a_dead_seeder() -> None:
+    from fabmurder import peers
+
+    report = DeployReport("v1", hosts={h: HostReport(h, ok=h != "web1") for h in PEERS})
+    report.hosts["web1"].reason = "timed out after 600 s (downloading, 1 of 9 bytes)"
+    assert peers.judge(plan_for(max_failed_peers=1), report) is report
+    with pytest.raises(DeployError) as caught:
+        peers.judge(plan_for(), report, "the seeder's agent on seed1 (pid 7) died")
+    assert str(caught.value) == (
+        "1 of 3 peer(s) failed (max_failed_peers is 0); the seeder's agent on seed1 (pid 7) died"
+    )
+    assert caught.value.failures == report.failures and caught.value.report is report
+
+
+def test_a_dead_seeder_is_named_in_each_timed_out_peer() -> None:
+    plan = plan_for()
+    report = DeployReport("v1", hosts={h: HostReport(h) for h in PEERS})
+    report.hosts["web1"].reason = "timed out after 600 s (downloading, 1 of 9 bytes)"
+    report.hosts["web2"].ok = True
+    pool = FakePool(lambda host, command: ok({"alive": False, "pid": 77}))
+    lost = pipeline._seeder_loss(pool, plan, report)
+    assert lost == "the seeder's agent on seed1 (pid 77) died during the transfer"
+    assert report.hosts["web1"].reason.endswith(f"; {lost}")
+    assert pool.commands("daemon status") == ["seed1"]
+
+
+@pytest.fixture
+def wheel_dir(tmp_path: Path) -> Path:
+    (tmp_path / "fabmurder-0-py3-none-any.whl").write_bytes(b"wheel")
+    return tmp_path
+
+
+def test_ctrl_c_during_the_watch_stops_every_agent_it_started_and_says_so(wheel_dir: Path) -> None:
+    from fabmurder import install
+
+    c = Context()
+    c.config.murder = {
+        "tracker": "seed1", "seeder": "seed1", "peers": list(PEERS), "tag": "v1",
+        "files_path": "/srv/build", "destination_path": "/srv/app", "wheel_dir": str(wheel_dir),
+    }  # fmt: skip
+    s = settings(c)
+    digest = install.wheel_set(s).digest
+    info = {"info_hash": "ab" * 20, "sha256": "cd" * 32, "torrent": "/t/v1.torrent", "size": 9}
+
+    def handler(host: str, command: str) -> Result:
+        if command.startswith('printf "addr='):
+            address = f"10.0.0.{len(host)}"
+            return Result(stdout=f"addr=10.9.9.9 5 {address} 22\nstamp={digest}\n")
+        if "tracker.token" in command:
+            return Result(stdout="tok\n")
+        if " create " in command:
+            return ok(info)
+        if " poll " in command:
+            raise KeyboardInterrupt
+        if " finish " in command:
+            return ok({"stopped": [], "clean": {}})
+        return ok({"pid": 5})
+
+    events: list[Event] = []
+    pool = FakePool(handler)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.distribute(pool, s, events.append)
+    assert sorted(pool.commands(" finish ")) == ["seed1", *PEERS]
+    assert pool.commands("--remove " + info["info_hash"]) == ["seed1"]
+    warnings = [e.message for e in events if e.kind == "warning"]
+    assert warnings == ["interrupted: stopping every agent this run started"]
+    stops = [e for e in events if e.kind == "host" and "running" in e.message]
+    assert stops and all(e.data["quiet"] is False for e in stops)
+
+
+def test_one_pool_serves_a_whole_plan_and_the_plan_cannot_be_changed() -> None:
+    pool = FakePool(lambda host, command: Result(stdout=f"addr=1 2 10.1.1.{len(host)} 22\n"))
+    plan = make_plan(pool, plan_for().s, ["web1", "web2"])
+    assert dict(plan.found.addresses) == {"web1": "10.1.1.4", "web2": "10.1.1.4"}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.s = plan_for().s  # type: ignore[misc]
+    assert Pool(Context().config).strict_host_keys is settings(Context()).strict_host_keys
+
+
+# -- names --------------------------------------------------------------------------------------
+
+
+def test_every_exported_name_is_its_object_after_any_import_order() -> None:
+    for module in pkgutil.walk_packages(fabmurder.__path__, "fabmurder."):
+        if not module.name.startswith("fabmurder.testing"):
+            __import__(module.name)
+    for name in fabmurder.__all__:
+        value = getattr(fabmurder, name)
+        assert not isinstance(value, types.ModuleType), name
+        if name in fabmurder._LAZY:
+            home = __import__(fabmurder._LAZY[name], fromlist=[name])
+            assert value is getattr(home, name), name
+    assert callable(fabmurder.status) and inspect.signature(fabmurder.status).parameters["c"]
+    submodules = {m.name for m in pkgutil.iter_modules(fabmurder.__path__)}
+    assert not submodules & set(fabmurder.__all__)
+
+
+def test_the_options_name_every_config_key_and_nothing_else() -> None:
+    from fabmurder.config import DEFAULTS
+
+    assert set(Options.__annotations__) | {"tag"} >= set(DEFAULTS)
+    assert set(Options.__optional_keys__) == set(DEFAULTS)
+
+
+@pytest.fixture(autouse=True)
+def _no_threads_left() -> Iterator[None]:
+    before = threading.active_count()
+    yield
+    deadline = watch.time.monotonic() + 30
+    while threading.active_count() > before + 1 and watch.time.monotonic() < deadline:
+        watch.time.sleep(0.05)  # a hung poll's thread ends once its fake answers
