@@ -15,8 +15,8 @@ import sys
 COMMANDS: dict[str, str] = {
     "tracker": "fabmurder.tracker.server",
     "create": "fabmurder.host.create",
-    "seed": "fabmurder.host.swarm",
-    "peer": "fabmurder.host.swarm",
+    "seed": "fabmurder.host.transfer",
+    "peer": "fabmurder.host.transfer",
     "daemon": "fabmurder.host.daemon",
     "allow": "fabmurder.host.allowlist",
     "stats": "fabmurder.host.stats",
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(module_name)
     # seed and peer share one module; it is told which role it plays.
-    if module_name == "fabmurder.host.swarm":
+    if module_name == "fabmurder.host.transfer":
         rest = [command, *rest]
     return int(module.main(rest))
 

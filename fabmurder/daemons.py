@@ -24,8 +24,8 @@ from fabmurder.errors import HostError
 from fabmurder.plan import Plan
 from fabmurder.remote import (
     QUIET,
+    ConnectionPool,
     HostResults,
-    Pool,
     agent_command,
     failure_reason,
     quote,
@@ -56,7 +56,7 @@ def rate_args(s: Settings, download: bool) -> list[object]:
     return args
 
 
-def start_seed(pool: Pool, plan: Plan, emit: EventCallback) -> int | None:
+def start_seed(pool: ConnectionPool, plan: Plan, emit: EventCallback) -> int | None:
     """Start seeding the run's release on the seeder, detached; return its PID."""
     s = plan.s
     assert s.seeder
@@ -97,7 +97,9 @@ def place_torrent(s: Settings, conn: Connection, torrent: Path) -> str:
     return f"{dirs} && printf %s {encoded} | base64 -d > {tmp} && mv -f -- {tmp} {quote(final)}"
 
 
-def start_peer(pool: Pool, plan: Plan, conn: Connection, torrent: Path, sha256: str) -> int | None:
+def start_peer(
+    pool: ConnectionPool, plan: Plan, conn: Connection, torrent: Path, sha256: str
+) -> int | None:
     """Put the torrent on one peer and start its agent, detached; return its PID."""
     s = plan.s
     assert s.destination_path and s.seeder
@@ -131,7 +133,7 @@ def _remove_upload(s: Settings, tag: str) -> str:
 
 
 def stop_daemons(
-    pool: Pool,
+    pool: ConnectionPool,
     s: Settings,
     roles: Mapping[str, list[str]],
     tag: str | None,
@@ -182,7 +184,9 @@ def stop_daemons(
     return result
 
 
-def clean(pool: Pool, s: Settings, hosts: Iterable[str], tag: str | None) -> HostResults[object]:
+def clean(
+    pool: ConnectionPool, s: Settings, hosts: Iterable[str], tag: str | None
+) -> HostResults[object]:
     """Remove the temp files of ``tag`` (or all idle ones) and any upload on ``hosts``."""
     args = ["--temp-path", s.temp_path] + (["--tag", tag] if tag else [])
     command = f"test -x {quote(s.agent_python)} || exit 0; " + agent_command(s, "clean", *args)

@@ -35,7 +35,7 @@ from fabric import Connection
 
 from fabmurder.config import Settings
 from fabmurder.errors import HostError, MurderError
-from fabmurder.remote import QUIET, Pool, failure_reason, host_name
+from fabmurder.remote import QUIET, ConnectionPool, failure_reason, host_name
 from fabmurder.report import Event, EventCallback
 
 #: distributions the host side imports, besides fabmurder itself
@@ -252,7 +252,11 @@ def _checked(conn: Connection, command: str, what: str) -> Any:
 
 
 def install_agent(
-    pool: Pool, s: Settings, stamps: Mapping[str, str], hosts: Iterable[str], emit: EventCallback
+    pool: ConnectionPool,
+    s: Settings,
+    stamps: Mapping[str, str],
+    hosts: Iterable[str],
+    emit: EventCallback,
 ) -> dict[str, str]:
     """Install the agent on ``hosts`` unless the probed stamp is current; return host -> reason."""
     wheels = wheel_set(s)
@@ -274,7 +278,11 @@ def install_agent(
 
 
 def ensure_agent(
-    pool: Pool, s: Settings, stamps: Mapping[str, str], hosts: Iterable[str], emit: EventCallback
+    pool: ConnectionPool,
+    s: Settings,
+    stamps: Mapping[str, str],
+    hosts: Iterable[str],
+    emit: EventCallback,
 ) -> None:
     """Install the agent on ``hosts`` where needed; raise HostError if any fails."""
     failures = install_agent(pool, s, stamps, hosts, emit)

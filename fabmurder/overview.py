@@ -16,7 +16,7 @@ from fabmurder.options import Options
 from fabmurder.plan import make_plan, read_token, urls
 from fabmurder.remote import (
     POLL_TIMEOUT,
-    Pool,
+    ConnectionPool,
     agent_command,
     open_pool,
     quote,
@@ -26,7 +26,7 @@ from fabmurder.remote import (
 from fabmurder.report import EventCallback
 
 
-def tracker_stats(pool: Pool, s: Settings) -> dict[str, Any]:
+def tracker_stats(pool: ConnectionPool, s: Settings) -> dict[str, object]:
     """Return the running tracker's /stats, without starting or changing anything."""
     assert s.tracker
     plan = make_plan(pool, s, [s.tracker], require=[s.tracker])
@@ -37,7 +37,7 @@ def tracker_stats(pool: Pool, s: Settings) -> dict[str, Any]:
     return run_agent(pool.get(s.tracker), s, "stats", "--url", url)
 
 
-def survey(pool: Pool, s: Settings) -> dict[str, Any]:
+def survey(pool: ConnectionPool, s: Settings) -> dict[str, dict[str, object]]:
     """Return the state of every role host over ``pool`` (see :func:`status`)."""
     roles: dict[str, list[str]] = {}
     for role, hosts in (
@@ -55,7 +55,7 @@ def survey(pool: Pool, s: Settings) -> dict[str, Any]:
         f"test -x {quote(s.agent_python)} || {{ echo '{{\"agent\": false}}'; exit 0; }}; "
         + agent_command(s, "status", *args)
     )
-    out: dict[str, Any] = {}
+    out: dict[str, dict[str, Any]] = {}
     result = pool.fan_out(roles, lambda conn: shell(conn, command, "status", timeout=POLL_TIMEOUT))
     for host, value in result.items():
         entry: dict[str, Any] = {"roles": roles[host]}
@@ -73,12 +73,12 @@ def survey(pool: Pool, s: Settings) -> dict[str, Any]:
             out["tracker"] = tracker_stats(pool, s)
         except MurderError as exc:
             out["tracker"] = {"error": str(exc)}
-    return out
+    return dict(out)
 
 
 def status(
     c: Any, *, on_event: EventCallback | None = None, **options: Unpack[Options]
-) -> dict[str, Any]:
+) -> dict[str, dict[str, object]]:
     """Return the state of every role host: daemons, status files and releases.
 
     :returns: host -> ``{"roles": [...], "status": <status JSON>}`` or

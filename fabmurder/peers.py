@@ -12,11 +12,13 @@ from collections.abc import Iterable
 from fabmurder.errors import DeployError, HostError
 from fabmurder.install import install_agent
 from fabmurder.plan import Plan
-from fabmurder.remote import Pool
+from fabmurder.remote import ConnectionPool
 from fabmurder.report import DeployReport
 
 
-def prepare(pool: Pool, plan: Plan, report: DeployReport, hosts: Iterable[str]) -> list[str]:
+def prepare(
+    pool: ConnectionPool, plan: Plan, report: DeployReport, hosts: Iterable[str]
+) -> list[str]:
     """Get the peers ready: fail the unreachable in the report, install the agent.
 
     The plan has refused a foreign destination already (:func:`~fabmurder.plan.make_plan`).

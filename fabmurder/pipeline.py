@@ -28,7 +28,7 @@ from fabmurder.config import Settings, settings
 from fabmurder.errors import ConfigError, DeployError, HostError, MurderError
 from fabmurder.options import Options, UntaggedOptions
 from fabmurder.plan import Plan, make_plan
-from fabmurder.remote import HostResults, Pool, open_pool, run_agent
+from fabmurder.remote import ConnectionPool, HostResults, open_pool, run_agent
 from fabmurder.report import DeployReport, Event, EventCallback, HostReport, ignore
 from fabmurder.tags import validate_tag
 from fabmurder.upload import upload_local
@@ -183,7 +183,7 @@ def clean_temp_files(
 # -- the release ---------------------------------------------------------------------------------
 
 
-def _create(pool: Pool, plan: Plan, emit: EventCallback) -> CreateInfo:
+def _create(pool: ConnectionPool, plan: Plan, emit: EventCallback) -> CreateInfo:
     """Pack the release on the seeder and make its torrent, registered with the tracker."""
     s = plan.s
     assert s.seeder
@@ -239,7 +239,7 @@ def start_seeding(
 
 
 def _start_peers(
-    pool: Pool, plan: Plan, hosts: list[str], sha256: str, report: DeployReport
+    pool: ConnectionPool, plan: Plan, hosts: list[str], sha256: str, report: DeployReport
 ) -> dict[str, Watch]:
     """Start the peer agents on ``hosts``; return the watch of each that started."""
     s = plan.s
@@ -262,7 +262,9 @@ def _start_peers(
     }
 
 
-def _wait(pool: Pool, plan: Plan, watches: dict[str, Watch], report: DeployReport) -> str | None:
+def _wait(
+    pool: ConnectionPool, plan: Plan, watches: dict[str, Watch], report: DeployReport
+) -> str | None:
     """Wait for the started peers to install the release or fail; return a dead seeder's story."""
     if not watches:
         return None
@@ -271,7 +273,7 @@ def _wait(pool: Pool, plan: Plan, watches: dict[str, Watch], report: DeployRepor
     return _seeder_loss(pool, plan, report)
 
 
-def _seeder_loss(pool: Pool, plan: Plan, report: DeployReport) -> str | None:
+def _seeder_loss(pool: ConnectionPool, plan: Plan, report: DeployReport) -> str | None:
     """Name a dead seeder in the reasons of the peers that timed out; return the sentence.
 
     Peers that lose the seeder before the swarm holds every piece can only
@@ -296,7 +298,9 @@ def _seeder_loss(pool: Pool, plan: Plan, report: DeployReport) -> str | None:
     return lost
 
 
-def _finish(pool: Pool, plan: Plan, hosts: list[str], report: DeployReport, quiet: bool) -> None:
+def _finish(
+    pool: ConnectionPool, plan: Plan, hosts: list[str], report: DeployReport, quiet: bool
+) -> None:
     """Stop seeding and peering on ``hosts`` and clean the temp files; never raises.
 
     :param quiet: after a normal end a summary will do; after an
@@ -328,7 +332,9 @@ def _finish(pool: Pool, plan: Plan, hosts: list[str], report: DeployReport, quie
         report.emit(Event("warning", f"cleanup incomplete: {exc}"))
 
 
-def distribute(pool: Pool, s: Settings, on_event: EventCallback | None = None) -> DeployReport:
+def distribute(
+    pool: ConnectionPool, s: Settings, on_event: EventCallback | None = None
+) -> DeployReport:
     """Run :func:`distribute_files` for the settings ``s`` over ``pool``, which the caller holds."""
     s.require("seeder", "peers", "files_path", "destination_path", "tracker")
     assert s.seeder

@@ -26,7 +26,7 @@ from fabmurder import contract
 from fabmurder.config import Settings
 from fabmurder.errors import ConfigError, HostError
 from fabmurder.probe import Probe, probe
-from fabmurder.remote import QUIET, Pool, quote, shell
+from fabmurder.remote import QUIET, ConnectionPool, quote, shell
 
 
 class TrackerURLs(NamedTuple):
@@ -40,7 +40,7 @@ class TrackerURLs(NamedTuple):
     stats: str | None
 
 
-def make_token(pool: Pool, s: Settings) -> str:
+def make_token(pool: ConnectionPool, s: Settings) -> str:
     """Return the tracker's URL token, written to the tracker host on first use."""
     assert s.tracker
     path = s.tmp(contract.TRACKER_TOKEN)
@@ -55,7 +55,7 @@ def make_token(pool: Pool, s: Settings) -> str:
     return str(token)
 
 
-def read_token(pool: Pool, s: Settings) -> str | None:
+def read_token(pool: ConnectionPool, s: Settings) -> str | None:
     """Return the tracker token kept on the tracker host, or None: nothing is written."""
     assert s.tracker
     path = quote(s.tmp(contract.TRACKER_TOKEN))
@@ -130,7 +130,7 @@ class Plan:
 
 
 def make_plan(
-    pool: Pool,
+    pool: ConnectionPool,
     s: Settings,
     hosts: Iterable[str],
     *,

@@ -18,7 +18,7 @@ from fabric import Connection
 
 from fabmurder import contract, install
 from fabmurder.config import Settings
-from fabmurder.remote import POLL_TIMEOUT, Pool, quote, shell
+from fabmurder.remote import POLL_TIMEOUT, ConnectionPool, quote, shell
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,9 @@ class Probe:
         )
 
 
-def probe(pool: Pool, s: Settings, hosts: Iterable[str], check_dest: Iterable[str] = ()) -> Probe:
+def probe(
+    pool: ConnectionPool, s: Settings, hosts: Iterable[str], check_dest: Iterable[str] = ()
+) -> Probe:
     """Probe ``hosts`` (those in ``check_dest`` for the release too), all at once."""
     dest = f"{s.destination_path}/{s.tag}" if s.destination_path else None
     check = set(check_dest)

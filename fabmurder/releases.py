@@ -49,7 +49,7 @@ from fabmurder.layout import (
 )
 from fabmurder.options import Options, UntaggedOptions
 from fabmurder.overview import survey
-from fabmurder.remote import POLL_TIMEOUT, HostResults, Pool, open_pool, shell
+from fabmurder.remote import POLL_TIMEOUT, ConnectionPool, HostResults, open_pool, shell
 from fabmurder.report import DeployReport, Event, EventCallback, ignore
 from fabmurder.tags import validate_tag
 
@@ -88,7 +88,7 @@ def _hosts(s: Settings, hosts: Iterable[str] | None) -> list[str]:
     return list(s.peers) if hosts is None else list(dict.fromkeys(hosts))
 
 
-def _inspect(pool: Pool, lay: Layout, hosts: list[str]) -> HostResults[HostReleases]:
+def _inspect(pool: ConnectionPool, lay: Layout, hosts: list[str]) -> HostResults[HostReleases]:
     command = inspect_command(lay)
 
     def look(conn: Connection) -> HostReleases:
@@ -98,7 +98,7 @@ def _inspect(pool: Pool, lay: Layout, hosts: list[str]) -> HostResults[HostRelea
     return pool.fan_out(hosts, look)
 
 
-def _states(pool: Pool, lay: Layout, hosts: list[str]) -> dict[str, HostReleases]:
+def _states(pool: ConnectionPool, lay: Layout, hosts: list[str]) -> dict[str, HostReleases]:
     """Inspect ``hosts``; raise DeployError naming every host that did not answer."""
     found = _inspect(pool, lay, hosts)
     if found.failed:
@@ -116,7 +116,7 @@ def releases(
 
 
 def _switch(
-    pool: Pool,
+    pool: ConnectionPool,
     lay: Layout,
     targets: dict[str, str],
     states: dict[str, HostReleases],
@@ -175,7 +175,7 @@ def publish(
 
 
 def _publish(
-    pool: Pool, lay: Layout, tag: str, hosts: list[str], action: str, emit: EventCallback
+    pool: ConnectionPool, lay: Layout, tag: str, hosts: list[str], action: str, emit: EventCallback
 ) -> dict[str, str | None]:
     states = _states(pool, lay, hosts)
     missing = {
@@ -259,7 +259,7 @@ def cleanup(
 
 
 def _cleanup(
-    pool: Pool, lay: Layout, count: int, hosts: list[str], emit: EventCallback
+    pool: ConnectionPool, lay: Layout, count: int, hosts: list[str], emit: EventCallback
 ) -> dict[str, list[str]]:
     states = _states(pool, lay, hosts)
 
@@ -325,7 +325,7 @@ def deploy(
 
 def status(
     c: Any, *, on_event: EventCallback | None = None, **options: Unpack[Options]
-) -> dict[str, Any]:
+) -> dict[str, dict[str, object]]:
     """Return :func:`fabmurder.overview.status` with each peer's release layout added.
 
     A peer's entry gains ``"layout"``: ``{"current", "releases",

@@ -1,7 +1,7 @@
 """Connections to the role hosts, fan-out over them, and the remote commands' helpers.
 
-One :class:`Pool` lives for one run: each host is connected once and the
-connection is reused by every step. :meth:`Pool.fan_out` runs a function
+One :class:`ConnectionPool` lives for one run: each host is connected once and the
+connection is reused by every step. :meth:`ConnectionPool.fan_out` runs a function
 per host on at most ``parallel`` threads and returns a :class:`HostResults`
 keyed by host string, with the successes and the failures (host -> reason)
 ready to use.
@@ -147,12 +147,12 @@ class HostResults(dict[str, "T | BaseException"], Generic[T]):
         return {h: v for h, v in self.items() if isinstance(v, BaseException)}
 
 
-def open_pool(c: Any, s: Settings) -> Pool:
+def open_pool(c: Any, s: Settings) -> ConnectionPool:
     """Return the pool of connections one run of ``s`` uses (enter it with ``with``)."""
-    return Pool(c.config, s.parallel, s.strict_host_keys, s.known_hosts)
+    return ConnectionPool(c.config, s.parallel, s.strict_host_keys, s.known_hosts)
 
 
-class Pool:
+class ConnectionPool:
     """Connections to the hosts of one run, made once and reused.
 
     ``strict_host_keys`` defaults to True, as ``murder.strict_host_keys`` does.
@@ -173,7 +173,7 @@ class Pool:
         self._names: dict[int, str] = {}
         self._lock = threading.Lock()
 
-    def __enter__(self) -> Pool:
+    def __enter__(self) -> ConnectionPool:
         return self
 
     def __exit__(self, *exc: object) -> None:

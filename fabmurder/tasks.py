@@ -277,7 +277,7 @@ def cleanup(c: Any, **options: Unpack[Options]) -> Any:
 @_reported
 def status(c: Any, raw: bool = False) -> dict[str, Any]:
     """Show each host's roles, fabmurder processes and releases, and the tracker's swarms."""
-    state = releases.status(c)
+    state: dict[str, dict[str, Any]] = dict(releases.status(c))
     if raw:
         print(json.dumps(state, indent=2, sort_keys=True))
         return state

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from fabmurder import contract
 from fabmurder.config import Settings
-from fabmurder.remote import Pool, quote, run_agent, shell
+from fabmurder.remote import ConnectionPool, quote, run_agent, shell
 from fabmurder.report import Event, EventCallback
 
 
-def start(pool: Pool, s: Settings, address: str, token: str, emit: EventCallback) -> str:
+def start(pool: ConnectionPool, s: Settings, address: str, token: str, emit: EventCallback) -> str:
     """Start fabmurder's tracker on the tracker host, detached; say whether it already ran."""
     assert s.tracker
     data = run_agent(
@@ -33,7 +33,7 @@ def start(pool: Pool, s: Settings, address: str, token: str, emit: EventCallback
     return state
 
 
-def register(pool: Pool, s: Settings, info_hash: str, deploy_token: str | None) -> None:
+def register(pool: ConnectionPool, s: Settings, info_hash: str, deploy_token: str | None) -> None:
     """Allow a torrent on the tracker, under ``deploy_token`` when given.
 
     fabmurder's own tracker gets it in its allow-list file. An external
@@ -51,7 +51,7 @@ def register(pool: Pool, s: Settings, info_hash: str, deploy_token: str | None) 
         run_agent(pool.get(s.tracker), s, *args)
 
 
-def deregister(pool: Pool, s: Settings, info_hash: str) -> None:
+def deregister(pool: ConnectionPool, s: Settings, info_hash: str) -> None:
     """Remove a torrent from fabmurder's tracker's allow-list (an external one keeps it)."""
     if s.tracker and not s.tracker_url:
         args = ("allow", "--file", s.tmp(contract.ALLOW_LIST), "--remove", info_hash)

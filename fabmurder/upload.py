@@ -14,10 +14,10 @@ from pathlib import Path
 from fabmurder import contract
 from fabmurder.config import Settings
 from fabmurder.errors import ConfigError
-from fabmurder.remote import Pool, quote, shell
+from fabmurder.remote import ConnectionPool, quote, shell
 
 
-def upload_local(pool: Pool, s: Settings) -> str:
+def upload_local(pool: ConnectionPool, s: Settings) -> str:
     """Hand ``local_path`` on this machine to the seeder; return its path there."""
     assert s.local_path and s.seeder
     local = Path(s.local_path).expanduser()

@@ -30,7 +30,7 @@ from fabmurder.plan import Plan
 from fabmurder.remote import (
     POLL_TIMEOUT,
     QUIET,
-    Pool,
+    ConnectionPool,
     agent_command,
     failure_reason,
     quote,
@@ -108,7 +108,7 @@ def read_status(conn: Connection, s: Settings, w: Watch) -> PollReply:
     return contract.parse_poll(result.stdout)
 
 
-def log_tail(pool: Pool, s: Settings, host: str) -> str:
+def log_tail(pool: ConnectionPool, s: Settings, host: str) -> str:
     """Return the last line of a peer agent's log, for a failure reason."""
     path = quote(s.tmp(contract.log_file("peer", s.tag)))
     try:
@@ -149,7 +149,7 @@ def apply_status(w: Watch, reply: PollReply, now: float) -> bool:
 
 
 def watch(
-    pool: Pool, plan: Plan, watches: Mapping[str, Watch], size: int, report: DeployReport
+    pool: ConnectionPool, plan: Plan, watches: Mapping[str, Watch], size: int, report: DeployReport
 ) -> None:
     """Poll the peers (and the tracker's stats) until each is installed or failed."""
     s = plan.s
@@ -206,12 +206,12 @@ def watch(
         threads.shutdown(wait=False, cancel_futures=True)
 
 
-def _read_stats(pool: Pool, s: Settings, url: str) -> dict[str, object]:
+def _read_stats(pool: ConnectionPool, s: Settings, url: str) -> dict[str, object]:
     assert s.tracker
     return run_agent(pool.get(s.tracker), s, "stats", "--url", url)
 
 
-def _collect(pool: Pool, s: Settings, w: Watch, now: float, report: DeployReport) -> None:
+def _collect(pool: ConnectionPool, s: Settings, w: Watch, now: float, report: DeployReport) -> None:
     """Take in a finished poll of one peer, or fail the peer if its poll hangs."""
     host = w.report.host
     if w.future is None:

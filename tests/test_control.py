@@ -28,7 +28,7 @@ from fabmurder.errors import DeployError
 from fabmurder.options import Options
 from fabmurder.plan import Plan, make_plan
 from fabmurder.probe import Probe
-from fabmurder.remote import Pool
+from fabmurder.remote import ConnectionPool
 from fabmurder.report import DeployReport, Event, HostReport
 
 Handler = Callable[[str, str], Result]
@@ -58,7 +58,7 @@ class FakeConnection:
         pass
 
 
-class FakePool(Pool):
+class FakePool(ConnectionPool):
     """A real pool (fan-out, results by host) over fake connections."""
 
     def __init__(self, handler: Handler, parallel: int = 8) -> None:
@@ -369,7 +369,7 @@ def test_one_pool_serves_a_whole_plan_and_the_plan_cannot_be_changed() -> None:
     assert dict(plan.found.addresses) == {"web1": "10.1.1.4", "web2": "10.1.1.4"}
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.s = plan_for().s  # type: ignore[misc]
-    assert Pool(Context().config).strict_host_keys is settings(Context()).strict_host_keys
+    assert ConnectionPool(Context().config).strict_host_keys is settings(Context()).strict_host_keys
 
 
 # -- names --------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import pytest
 
-from fabmurder.host.swarm import STRIPE_PRIORITY, parse_stripe, stripe_priorities
+from fabmurder.host.transfer import STRIPE_PRIORITY, parse_stripe, stripe_priorities
 
 # benchmarks/ is a top-level package of the repository, not of the installed project.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

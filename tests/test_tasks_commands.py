@@ -23,7 +23,7 @@ from fabmurder import pipeline
 from fabmurder.config import settings
 from fabmurder.contract import parse_reply as parse_json
 from fabmurder.errors import DeployError, HostError
-from fabmurder.remote import Pool, agent_command, run_agent
+from fabmurder.remote import ConnectionPool, agent_command, run_agent
 from fabmurder.report import DeployReport, HostReport
 
 NASTY = '/srv/my build/it\'s "quoted" $(not run) `nor this`; & | *'
@@ -77,7 +77,7 @@ def test_parse_json_takes_the_last_json_line_of_noisy_output() -> None:
 
 
 def test_fan_out_never_runs_more_than_parallel_operations_at_once() -> None:
-    pool = Pool(Context().config, parallel=4)
+    pool = ConnectionPool(Context().config, parallel=4)
     lock = threading.Lock()
     running, peak = 0, 0
 
@@ -175,9 +175,9 @@ def test_fab_lists_the_tasks_of_a_fabfile_that_adds_the_collection(tmp_path: Pat
 def test_connections_get_a_connect_timeout_unless_the_fabric_config_sets_one() -> None:
     from fabric import Config
 
-    assert Pool(Context().config).get("web1").connect_timeout == 30
+    assert ConnectionPool(Context().config).get("web1").connect_timeout == 30
     configured = Config(overrides={"timeouts": {"connect": 5}})
-    pool = Pool(configured)
+    pool = ConnectionPool(configured)
     assert pool.get("web1").connect_timeout == 5
     assert pool.get("web1") is pool.get("web1")  # one connection per host per run
 
@@ -189,10 +189,12 @@ def test_strict_host_keys_load_the_known_hosts_and_reject_unknown_keys(tmp_path:
     known.write_text(
         "web1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
     )
-    strict = Pool(Context().config, strict_host_keys=True, known_hosts=(str(known),)).get("web1")
+    strict = ConnectionPool(Context().config, strict_host_keys=True, known_hosts=(str(known),)).get(
+        "web1"
+    )
     assert isinstance(strict.client._policy, paramiko.RejectPolicy)
     assert "web1" in strict.client.get_host_keys()
-    lax = Pool(Context().config, strict_host_keys=False).get("web1")
+    lax = ConnectionPool(Context().config, strict_host_keys=False).get("web1")
     assert isinstance(lax.client._policy, paramiko.AutoAddPolicy)
 
 

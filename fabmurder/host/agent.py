@@ -5,7 +5,7 @@ dictionary. Every alert passes through :meth:`Agent.pump`, which waits on
 libtorrent with a short timeout (never a bare sleep), so deadlines are
 seen within a quarter second; a SIGTERM ends the wait at once (a thread
 woken by the signal posts an alert). The seed and peer flows that
-drive it live in :mod:`fabmurder.host.swarm`.
+drive it live in :mod:`fabmurder.host.transfer`.
 """
 
 from __future__ import annotations
