@@ -61,7 +61,8 @@ class Watch:
     future: Future[PollReply] | None = None
     #: when the pending poll began to run on its thread (0 while it waits for one)
     running: float = 0.0
-    #: seconds the pending poll may wait on the host for the agent's end
+    #: seconds the pending poll may wait on the host for the agent's end (twice
+    #: that when the end looks due: see :func:`fabmurder.host.statusfile.poll`)
     wait: float = 0.0
     #: polls answered so far, and the download rate the last two of them showed
     polls: int = 0
@@ -102,7 +103,8 @@ def poll_command(s: Settings, wait: float) -> str:
 def read_status(conn: Connection, s: Settings, w: Watch) -> PollReply:
     """Poll one peer (the command runs on a thread of the watch's pool)."""
     w.running = time.monotonic()
-    result = conn.run(poll_command(s, w.wait), timeout=POLL_TIMEOUT + w.wait, **QUIET)
+    # a poll waits up to twice its wait when the agent's end looks due (host side)
+    result = conn.run(poll_command(s, w.wait), timeout=POLL_TIMEOUT + 2 * w.wait, **QUIET)
     if result.exited != 0:
         raise HostError(w.report.host, f"poll: {failure_reason(result)}", result)
     return contract.parse_poll(result.stdout)
@@ -221,7 +223,7 @@ def _collect(pool: ConnectionPool, s: Settings, w: Watch, now: float, report: De
         # has lost its link or its sshd: fail it now, not at the deadline.
         # The clock starts when the poll runs, not while it waits for a thread.
         hang = min(POLL_TIMEOUT, max(5.0, s.timeout / 2))
-        if w.running and now - w.running > hang + w.wait:
+        if w.running and now - w.running > hang + 2 * w.wait:
             w.lost = "no answer"
             report.fail(host, f"no answer for {hang:.0f} s during the download")
         return

@@ -224,6 +224,28 @@ def test_a_poll_waits_on_the_host_only_while_every_peer_has_a_thread() -> None:
     assert {c.rsplit("--wait ", 1)[1] for _, c in pool.log if " poll " in c} == {"0.00"}
 
 
+def test_the_poll_command_answers_at_once_for_a_gone_agent_and_waits_out_a_due_end(
+    tmp_path: Path,
+) -> None:
+    from fabmurder.host import statusfile
+
+    path = tmp_path / "peer-v1.status.json"
+    statusfile.write_status(str(path), status("downloading", 400))
+    began = watch.time.monotonic()
+    reply = statusfile.poll(str(path), str(tmp_path / "peer-v1.pid"), wait=5.0)
+    assert reply["alive"] is False and reply["status"] == status("downloading", 400)
+    assert watch.time.monotonic() - began < 2
+    assert (
+        statusfile.poll(str(tmp_path / "none.json"), str(tmp_path / "none.pid"))["status"] is None
+    )
+    record = contract.check_status(status("downloading", 900))
+    assert statusfile._end_due(record, (0.0, 500), 1.0, 0.5)  # 100 bytes left at 400 B/s
+    assert not statusfile._end_due(record, (0.0, 890), 1.0, 0.5)  # 100 bytes left at 10 B/s
+    assert statusfile._end_due(
+        contract.check_status(status("verifying", RELEASE)), (0.0, 0), 1.0, 0.1
+    )
+
+
 # -- the daemons --------------------------------------------------------------------------------
 
 

@@ -69,8 +69,16 @@ def write_status(path: str, status: dict[str, Any]) -> None:
 
 
 def poll(status_path: str, pid_path: str, wait: float = 0.0) -> PollReply:
-    """Return an agent's status and liveness, waiting up to ``wait`` s for it to end."""
-    deadline = time.monotonic() + wait
+    """Return an agent's status and liveness, waiting up to ``wait`` s for it to end.
+
+    An agent whose end looks due within another ``wait`` at the rate this
+    poll saw (or that verifies or extracts already) is waited for up to that
+    long again: a new poll starting just then would see its end late.
+    """
+    start = time.monotonic()
+    deadline = start + wait
+    extended = False
+    first: tuple[float, int] | None = None
     while True:
         status: StatusRecord | None = None
         error = None
@@ -80,9 +88,25 @@ def poll(status_path: str, pid_path: str, wait: float = 0.0) -> PollReply:
             error = str(exc)  # not written yet, or caught mid-rewrite by a reader without rename
         alive = daemon.is_ours(daemon.read_pid_file(pid_path))
         ended = status is not None and (status["installed"] or status["state"] in FINAL_STATES)
-        if ended or not alive or time.monotonic() >= deadline:
+        now = time.monotonic()
+        if status is not None and first is None:
+            first = (now, status["done"])
+        if not (ended or not alive) and now >= deadline and not extended and wait > 0:
+            extended = True
+            if status is not None and first is not None and _end_due(status, first, now, wait):
+                deadline = now + wait
+        if ended or not alive or now >= deadline:
             return {"status": status, "alive": alive, "error": error}
         time.sleep(POLL_STEP)  # bounded by the deadline: a look at two small files
+
+
+def _end_due(status: StatusRecord, first: tuple[float, int], now: float, wait: float) -> bool:
+    """Return True if the agent should be installed within ``wait`` s."""
+    if status["state"] in ("verifying", "extracting"):
+        return True
+    left = status["total"] - status["done"]
+    rate = (status["done"] - first[1]) / max(now - first[0], 1e-3)
+    return status["total"] > 0 and (left <= 0 or (rate > 0 and left / rate <= wait))
 
 
 def parser() -> argparse.ArgumentParser:
