@@ -47,6 +47,8 @@ class Limits:
     cross_rack: int = 2
     max_swarms: int = 1000
     max_peers_per_swarm: int = 50000
+    # One host runs one agent per swarm; a few more allow for NAT, not for a flood.
+    max_peers_per_ip: int = 256
     # A peer expires when it missed about two announces.
     expire_factor: float = 2.0
     # An empty swarm is forgotten after this many seconds without peers.
@@ -66,6 +68,7 @@ class Swarm:
         self.cross_rack = cross_rack
         self.peers: dict[bytes, Peer] = {}
         self.by_addr: dict[bytes, Peer] = {}
+        self.per_ip: dict[str, int] = {}
         self.all = Pool(0)
         self.racks: dict[str, Pool] = {}
         self.completed = 0
@@ -87,6 +90,7 @@ class Swarm:
         peer.left = left
         self.peers[peer.peer_id] = peer
         self.by_addr[peer.compact] = peer
+        self.per_ip[peer.ip] = self.per_ip.get(peer.ip, 0) + 1
         self.all.add(peer)
         rack = self.racks.get(peer.rack)
         if rack is None:
@@ -100,6 +104,11 @@ class Swarm:
         del self.peers[peer.peer_id]
         if self.by_addr.get(peer.compact) is peer:
             del self.by_addr[peer.compact]
+        left = self.per_ip[peer.ip] - 1
+        if left:
+            self.per_ip[peer.ip] = left
+        else:
+            del self.per_ip[peer.ip]
         self.all.remove(peer)
         rack = self.racks[peer.rack]
         rack.remove(peer)
@@ -212,8 +221,10 @@ class Swarms:
 
         :param source_ip: the address the request came from; the peer's address
             unless the tracker accepts the ``ip`` parameter and one was sent.
-        :raises RequestError: when a cap is reached or the peer id belongs to
-            another address with a different ``key``.
+        :raises RequestError: when a cap is reached, or the peer id is known
+            with a ``key`` that this request does not carry (BEP 7's ``key``
+            proves a peer across announces, so nobody else can move, stop or
+            replace it by its peer id alone).
         """
         self.announces += 1
         ip = req.ip if (req.ip and self.accept_ip_param) else source_ip
@@ -226,9 +237,9 @@ class Swarms:
             swarm = self.swarms[req.info_hash] = Swarm(req.info_hash, self.limits.cross_rack)
         peer = swarm.peers.get(req.peer_id)
         was_counted = False
+        if peer is not None and peer.key is not None and req.key != peer.key:
+            raise RequestError("peer_id is in use by another peer")
         if peer is not None and (peer.ip != ip or peer.port != req.port):
-            if peer.key is not None and req.key != peer.key:
-                raise RequestError("peer_id is in use by another peer")
             # The peer moved (new port or address): re-file it under the new one.
             was_counted = peer.counted
             swarm.remove(peer, now)
@@ -243,10 +254,13 @@ class Swarms:
         if peer is None:
             clash = swarm.by_addr.get(compact_peer(ip, req.port))
             if clash is not None:
-                # Same address and port, new peer id: the client restarted.
+                # Same address and port, new peer id: the client restarted (with a
+                # new key, so the key cannot be asked for here).
                 swarm.remove(clash, now)
             if len(swarm.peers) >= self.limits.max_peers_per_swarm:
                 raise RequestError("swarm is full")
+            if swarm.per_ip.get(ip, 0) >= self.limits.max_peers_per_ip:
+                raise RequestError("too many peers from this address in the swarm")
             peer = Peer(req.peer_id, ip, req.port, self.rack_of(ip))
             peer.key = req.key
             peer.counted = was_counted or req.event == b"completed"
