@@ -19,6 +19,7 @@ import time
 from fabmurder.errors import ConfigError, MurderError
 from fabmurder.host import metainfo, profile
 from fabmurder.host.statusfile import write_status
+from fabmurder.redact import redact
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -270,7 +271,7 @@ class Agent:
                 self.tracker_lost = False
             elif isinstance(alert, lt.tracker_error_alert | lt.scrape_failed_alert):
                 if not self.tracker_lost:
-                    print(f"tracker: {alert.message()}", flush=True)
+                    print(f"tracker: {redact(alert.message())}", flush=True)
                 self.tracker_lost = True
                 self.next_announce = min(self.next_announce, time.monotonic() + REANNOUNCE_RETRY)
         self._reannounce()
@@ -287,7 +288,11 @@ class Agent:
         now = time.monotonic()
         if self.handle is None or now < self.next_announce or not self.handle.is_valid():
             return
-        self.handle.force_reannounce()
+        import libtorrent as lt  # loaded by open_session already: a dict lookup
+
+        # Without ignore_min_interval, libtorrent obeys the tracker's "min interval"
+        # (900 s by default) and this re-announce would not happen at all.
+        self.handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
         self.next_announce = now + (REANNOUNCE_RETRY if self.tracker_lost else REANNOUNCE_INTERVAL)
 
     def wait_alert(self, kinds: tuple[type, ...], timeout: float, strict: bool = True) -> Any:
