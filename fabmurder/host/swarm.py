@@ -23,6 +23,10 @@ from fabmurder.host.cli import EXIT_FAILED, EXIT_OK, fail, run
 from fabmurder.host.daemon import notify_ready
 from fabmurder.tags import validate_tag
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO
+
 #: how often a finished peer asks the tracker whether anyone still downloads
 SCRAPE_INTERVAL = 1.0
 #: how long "no leechers" must hold before a finished peer leaves (see docs/tuning.md)
@@ -103,9 +107,9 @@ def peer(agent: Agent) -> int:
     agent.set_state("verifying")
     _flush(agent)
     tarball = os.path.join(args.save_path, agent.meta.name)
-    _verify(agent, tarball)
-    agent.set_state("extracting")
-    artifact.extract(tarball, args.dest, args.tag, force=args.force, sha256=args.sha256)
+    with _open_verified(agent, tarball) as verified:
+        agent.set_state("extracting")
+        artifact.extract(verified, args.dest, args.tag, force=args.force, sha256=args.sha256)
     agent.status["installed"] = True
     agent.status["installed_at"] = time.time()
     agent.set_state("seeding")
@@ -170,18 +174,20 @@ def _flush(agent: Agent) -> None:
         agent.pump()
 
 
-def _verify(agent: Agent, tarball: str) -> None:
-    """Check the tarball's SHA-256, once more after another flush if it does not match.
+def _open_verified(agent: Agent, tarball: str) -> IO[bytes]:
+    """Open the tarball and check its SHA-256, once more after another flush if it does not match.
 
     The second look costs one more read only when something is wrong, and
     tells a write still in flight apart from a genuinely different artifact.
+    The open file is what gets extracted, so a swap of the path after the
+    check changes nothing.
     """
     try:
-        artifact.verify(tarball, agent.args.sha256)
+        return artifact.open_verified(tarball, agent.args.sha256)
     except ArtifactError as first:
         print(f"verification failed, flushing and checking again: {first}", flush=True)
         _flush(agent)
-        artifact.verify(tarball, agent.args.sha256)
+        return artifact.open_verified(tarball, agent.args.sha256)
 
 
 def _linger(agent: Agent, seed_after: float) -> None:

@@ -1,0 +1,87 @@
+"""Host-side hardening: what another local user plants in fabmurder's directories gets them nothing.
+
+What is hashed is what is extracted. The attack: whoever can write the
+directory that holds the downloaded tarball renames another tarball over it
+between the SHA-256 check and the extraction. The peer then installs the
+attacker's tree under a marker that records the genuine digest. The check
+and the extraction now read one open file, which a rename cannot change.
+
+A daemon's log is opened without following a symlink, and is private.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from test_host_artifact import make_release_tree, tree_signature
+
+from fabmurder.errors import ArtifactError
+from fabmurder.host import artifact
+from fabmurder.testing.hostcli import run as fab
+
+
+def packed(tmp_path: Path, name: str, payload: str) -> tuple[Path, Path, str]:
+    src = make_release_tree(tmp_path / f"src-{name}")
+    (src / "app.txt").write_text(payload)
+    out = tmp_path / f"{name}.tar"
+    return src, out, artifact.pack(str(src), str(out)).sha256
+
+
+def test_a_tarball_swapped_after_its_check_is_not_what_gets_installed(tmp_path: Path) -> None:
+    genuine_src, genuine, digest = packed(tmp_path, "genuine", "the real release\n")
+    evil_src, evil, _ = packed(tmp_path, "evil", "the attacker's tree\n")
+    with artifact.open_verified(str(genuine), digest) as checked:
+        os.replace(evil, genuine)  # the swap, between check and extraction
+        final = artifact.extract(checked, str(tmp_path / "dest"), "v1", sha256=digest)
+    assert tree_signature(Path(final)) == tree_signature(genuine_src)
+    assert tree_signature(Path(final)) != tree_signature(evil_src)
+    assert artifact.installed_sha256(str(tmp_path / "dest"), "v1") == digest
+
+
+def test_the_check_refuses_a_symlink_a_directory_and_a_wrong_digest(tmp_path: Path) -> None:
+    _, genuine, digest = packed(tmp_path, "genuine", "x\n")
+    link = tmp_path / "link.tar"
+    link.symlink_to(genuine)
+    with pytest.raises(ArtifactError, match="cannot open tarball"):
+        artifact.open_verified(str(link), digest)
+    (tmp_path / "dir.tar").mkdir()
+    with pytest.raises(ArtifactError, match="not a regular file|cannot open"):
+        artifact.open_verified(str(tmp_path / "dir.tar"), digest)
+    with pytest.raises(ArtifactError, match="SHA-256 mismatch"):
+        artifact.open_verified(str(genuine), "0" * 64)
+    with pytest.raises(ArtifactError, match="not 64 hex digits"):
+        artifact.open_verified(str(genuine), "xyz")
+
+
+def test_a_symlink_planted_at_a_daemons_log_name_is_refused_and_its_target_untouched(
+    tmp_path: Path,
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    victim.chmod(0o644)
+    log = tmp_path / "peer-v1.log"
+    log.symlink_to(victim)
+    result = fab(
+        "daemon", "start", "--pid-file", str(tmp_path / "x.pid"), "--log", str(log),
+        "--ready-timeout", "5", "--", "tracker", "--bind", "127.0.0.1", "--port", "0",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "symlink" in result.stderr
+    assert victim.read_text() == "precious\n"
+    assert (victim.stat().st_mode & 0o777) == 0o644
+    assert not (tmp_path / "x.pid").exists()
+
+
+def test_a_daemons_log_is_private_to_the_deploy_user(tmp_path: Path) -> None:
+    pid_file, log = tmp_path / "t.pid", tmp_path / "t.log"
+    started = fab(
+        "daemon", "start", "--pid-file", str(pid_file), "--log", str(log), "--",
+        "tracker", "--bind", "127.0.0.1", "--port", "0",
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    try:
+        assert (log.stat().st_mode & 0o777) == 0o600
+    finally:
+        assert fab("daemon", "stop", "--pid-file", str(pid_file)).returncode == 0
