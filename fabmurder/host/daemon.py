@@ -158,7 +158,9 @@ def _child(command: list[str], pid_file: str, log: str, write_fd: int) -> None:
         os._exit(0)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
-    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    # O_NOFOLLOW: a symlink planted at the log's name must not make the deploy
+    # user append to a file someone else chose (``start`` refuses it first).
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.close(null)
@@ -199,6 +201,9 @@ def start(command: list[str], pid_file: str, log: str, ready_timeout: float) -> 
         return EXIT_RUNNING
     if os.path.lexists(pid_file):
         os.unlink(pid_file)
+    if os.path.islink(log):
+        fail(f"refusing to write the log {log}: it is a symlink")
+        return EXIT_FAILED
     for path in (pid_file, log):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     log_start = os.path.getsize(log) if os.path.exists(log) else 0
