@@ -229,7 +229,8 @@ def goals_block(results: dict[str, Any]) -> str:
             [
                 "the seeder is not the hose, N = 16",
                 f"≤ {x['target']} × S",
-                ranged(x["spread"], " × S"),
+                f"{x['over_s']:.2f} × S (seeder's count {ranged(x['seeder_count'], '')}, "
+                f"peers' count {ranged(x['peers_count'], '')})",
                 x["judged_on"],
                 verdict(x),
             ]

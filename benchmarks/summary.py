@@ -117,6 +117,9 @@ def row(
         "ideal_s": round(ideal, 3),
         "over_ideal": round(t["transfer_s"]["median"] / ideal, 3),
         "seeder_upload_over_s": spread(r["seeder_upload_over_s"] for r in runs),
+        "from_seeder_over_s": spread(
+            r.get("from_seeder_over_s", r["seeder_upload_over_s"]) for r in runs
+        ),
         "central_s": central,
         "central_basis": basis,
         "speedup": {
@@ -156,13 +159,17 @@ def goals(results: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]
     r16 = next((r for r in rows if r["n"] == 16), None)
     if r16:
         out["vs_central"] = vs_central(r16)
-        up = r16["seeder_upload_over_s"]
+        sent, got = r16["seeder_upload_over_s"], r16["from_seeder_over_s"]
+        over = max(sent["median"], got["median"])
         out["seeder_upload"] = {
-            "over_s": up["median"],
-            "spread": up,
+            "over_s": over,
+            "seeder_count": sent,
+            "peers_count": got,
             "target": SEEDER_UPLOAD,
-            "judged_on": "median of the N = 16 runs",
-            "met": up["median"] <= SEEDER_UPLOAD,
+            "judged_on": "median of the N = 16 runs, the larger of the seeder's own count "
+            "(its status file, up to the agent's status interval old when read) and the "
+            "peers' count of bytes from the seeder",
+            "met": over <= SEEDER_UPLOAD,
         }
     cpu = [r["peer_cpu_s_per_mib"] for r in results["swarm"] if r.get("peer_cpu_s_per_mib")]
     if cpu:

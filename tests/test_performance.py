@@ -146,6 +146,14 @@ def test_goals_are_judged_on_the_median_of_the_runs_not_the_best() -> None:
     assert out["goals"]["flat"]["t16_over_t2"] == pytest.approx(15 / 11.4, abs=1e-3)
 
 
+def test_the_seeders_upload_is_judged_on_the_larger_of_its_count_and_the_peers() -> None:
+    results = _bench({16: [(12.0, 12.5, 14.0)]}, [])
+    assert summary.summarise(results, SIZE)["goals"]["seeder_upload"]["met"] is True
+    results["swarm"][0]["from_seeder_over_s"] = 1.6  # the seeder's stale status said 1.1
+    goal = summary.summarise(results, SIZE)["goals"]["seeder_upload"]
+    assert (goal["over_s"], goal["met"]) == (1.6, False)
+
+
 def test_the_speedup_goal_is_judged_on_the_whole_run_against_the_whole_push() -> None:
     # the stored run of issue 15: 14.3x on the transfer, 11.7x to the install, 9.8x whole
     results = _bench({16: [(12.661, 15.49, 18.399)]}, [(16, 180.695)])
