@@ -12,7 +12,8 @@ seeder itself, and is timed end to end. A last, uncapped run of a 1 MiB
 release breaks ``distribute_files`` down by phase. The verdict
 (:mod:`benchmarks.summary`) judges medians, and whole runs against measured
 pushes only. Results go to ``docs/perf-results.json``, ``docs/perf-scaling.png``
-and the generated blocks of ``docs/performance.md`` (:mod:`benchmarks.page`).
+(:mod:`benchmarks.plot`) and the generated blocks of ``docs/performance.md``
+(:mod:`benchmarks.page`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 
 from invoke import Context
 
-from benchmarks import page
+from benchmarks import page, plot
 from benchmarks.summary import summarise
 from fabmurder import install, pipeline
 from fabmurder.config import settings
@@ -405,10 +406,10 @@ def outputs(args: argparse.Namespace) -> tuple[Path, Path | None, Path | None]:
     """Return the JSON, plot and page paths: docs/ only when the JSON goes there too."""
     out = Path(args.out)
     into_docs = out.resolve() == OUT
-    plot = Path(args.plot) if args.plot else (PLOT if into_docs else out.with_suffix(".png"))
+    png = Path(args.plot) if args.plot else (PLOT if into_docs else out.with_suffix(".png"))
     if args.page is None:
-        return out, plot, PAGE if into_docs else None
-    return out, plot, Path(args.page) if args.page else None
+        return out, png, PAGE if into_docs else None
+    return out, png, Path(args.page) if args.page else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -425,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out + ".partial").unlink(missing_ok=True)
     wrote = [str(out)]
     if plot_path and results["summary"]["rows"]:
-        page.plot(results, str(plot_path))
+        plot.plot(results, str(plot_path))
         wrote.append(str(plot_path))
     if page_path:
         page_path.write_text(page.rewrite(page_path.read_text(), results))

@@ -20,7 +20,7 @@ from fabmurder.host.swarm import STRIPE_PRIORITY, parse_stripe, stripe_prioritie
 # benchmarks/ is a top-level package of the repository, not of the installed project.
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks import model, page, summary  # noqa: E402
+from benchmarks import model, plot, summary  # noqa: E402
 from benchmarks.scaling import phase_times  # noqa: E402
 
 
@@ -192,12 +192,12 @@ def test_without_a_measured_push_there_is_no_central_figure_at_all() -> None:
 def test_the_plot_draws_extrapolated_pushes_apart_from_measured_ones(tmp_path: Path) -> None:
     results = _bench({2: [(11.4, 11.6, 13.0)], 4: [(11.5, 11.7, 13.1)]}, [(2, 22.7)])
     results |= {"size_mib": 64, "summary": summary.summarise(results, SIZE)}
-    labels = page.plot(results, str(tmp_path / "a.png"))
+    labels = plot.plot(results, str(tmp_path / "a.png"))
     assert "central push (scp), measured" in labels
     assert "central push, extrapolated (not measured)" in labels
     results["central"].append({"n": 4, "seconds": 45.0, "bytes": SIZE})
     results["summary"] = summary.summarise(results, SIZE)
-    labels = page.plot(results, str(tmp_path / "b.png"))
+    labels = plot.plot(results, str(tmp_path / "b.png"))
     assert not [label for label in labels if "extrapolated" in label]
     assert (tmp_path / "b.png").stat().st_size > 0
 
