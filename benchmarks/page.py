@@ -93,6 +93,12 @@ def run_block(results: dict[str, Any]) -> str:
     pushes = f"the central push {len(results['central'])} time(s) in all"
     loads = [x for r in all_runs(results) for x in (r["load_before"][0], r["load_after"][0])]
     load = f"; the 1-minute load average was {min(loads):g}-{max(loads):g}" if loads else ""
+    reads = [r["bench_read_s"] for r in results["swarm"] if "bench_read_s" in r]
+    if reads:
+        load += (
+            f"; the benchmark's own read of the seeder's status, inside each whole run, "
+            f"took {min(reads):.3f}-{max(reads):.3f} s"
+        )
     return (
         f"`docs/perf-results.json` holds the run shown here{label}: started {results['date']}, "
         f"{results['bench_seconds']:.0f} s in all, {results['size_mib']} MiB at "
@@ -128,11 +134,15 @@ def b_block(results: dict[str, Any]) -> str:
         f"**S/B = {size / b:.2f} s**."
     )
     if s["b_measured_central"]:
-        push_bytes = sorted({c.get("bytes", size) for c in results["central"]})
+        recorded = sorted({c["bytes"] for c in results["central"] if "bytes" in c})
+        tarball = (
+            f"its tarball is {', '.join(f'{x:,}' for x in recorded)} bytes"
+            if recorded
+            else "its tarball's size was not recorded, so the release's size stands in"
+        )
         at = ", ".join(f"N = {n}" for n in s["central_measured_at"])
         text += (
-            f" The central push (measured at {at}; its tarball is "
-            f"{', '.join(f'{x:,}' for x in push_bytes)} bytes) ran at up to "
+            f" The central push (measured at {at}; {tarball}) ran at up to "
             f"{s['b_measured_central'] / 1e6:.3f} MB/s"
             f" ({(s['b_measured_central'] / b - 1) * 100:+.1f} % against B), the rate the "
             f"extrapolated pushes use."

@@ -30,11 +30,12 @@ LOOP_SHARE = 0.05  # the agent's Python loop < 5 % of a core
 
 #: what each timed window covers; the JSON carries this beside the figures
 WINDOWS = {
-    "wall_s": "whole run: distribute_files from the call to its return",
+    "wall_s": "whole run: distribute_files from the call to its return (with, inside it, "
+    "the benchmark's one read of the seeder's status file, bench_read_s)",
     "installed_s": "from the seeder's start of seeding to the last peer's installed release",
     "transfer_s": "from the seeder's start of seeding to the last peer's verified pieces",
-    "central_s": "central push: parallel scp from the seeder to all N peers, "
-    "from the first start to the last exit (SSH set-up included)",
+    "central_s": "central push: timed around one shell on the seeder that starts an scp "
+    "to each of the N peers and waits for the last (SSH set-up included)",
 }
 #: the speed-up windows: the judged one first, then the narrower ones
 SPEEDUPS = (
