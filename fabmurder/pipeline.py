@@ -260,8 +260,12 @@ def _start_peers(
     return watches
 
 
-def _finish(run: Run, peers: list[str], info_hash: str | None) -> None:
-    """Stop seeding and peering and clean the temp files; never raises."""
+def _finish(run: Run, peers: list[str], info_hash: str | None) -> str | None:
+    """Stop seeding and peering, clean the temp files and deregister; never raises.
+
+    :returns: why the tracker still serves ``info_hash`` (removing it from the
+        allow-list failed), or None. A stop or clean-up that fails is a warning.
+    """
     s = run.s
     alive = [h for h in peers if h not in run.unreachable]
     run.phase("stopping seeding and peering, cleaning temp files")
@@ -277,14 +281,19 @@ def _finish(run: Run, peers: list[str], info_hash: str | None) -> None:
         # starts a Python on every host was a large part of a small deploy's tail.
         with ThreadPoolExecutor(max_workers=1) as pool:
             deregistering = pool.submit(register, run, info_hash, False) if info_hash else None
-            result = stop_daemons(run, roles, s.tag, clean=True)
-            records = [record for value in result.succeeded.values() for record in value]
-            stopped = sum(1 for record in records if record.get("stopped"))
-            run.phase(f"stopped {stopped} daemon(s)")
+            try:
+                result = stop_daemons(run, roles, s.tag, clean=True)
+                records = [record for value in result.succeeded.values() for record in value]
+                stopped = sum(1 for record in records if record.get("stopped"))
+                run.phase(f"stopped {stopped} daemon(s)")
+            except MurderError as exc:
+                run.emit(Event("warning", f"cleanup incomplete: {exc}"))
             if deregistering:
                 deregistering.result()
     except MurderError as exc:
-        run.emit(Event("warning", f"cleanup incomplete: {exc}"))
+        # The deploy token would still open the swarm: the run must not pass.
+        return failure_reason(exc)
+    return None
 
 
 def distribute_files(
@@ -299,7 +308,8 @@ def distribute_files(
 
     :returns: the per-host report, when at most ``max_failed_peers`` failed.
     :raises DeployError: with ``.failures`` (host -> reason) and ``.report``
-        when more peers failed than allowed; the others keep their release.
+        when more peers failed than allowed (the others keep their release),
+        or when the tracker could not remove the release from its allow-list.
     :raises HostError: when the seeder or tracker cannot be used.
     :raises ConfigError: for missing or invalid settings.
 
@@ -357,17 +367,25 @@ def distribute_files(
             run.interrupted = True
             raise
         finally:
-            _finish(run, peers, info.get("info_hash"))
+            still_served = _finish(run, peers, info.get("info_hash"))
     report.seconds = time.monotonic() - began
     failures = report.failures
+    problems = []
     if len(failures) > s.max_failed_peers:
         lost = f"; {run.seeder_lost}" if run.seeder_lost else ""
-        raise DeployError(
+        problems.append(
             f"{len(failures)} of {len(s.peers)} peer(s) failed "
-            f"(max_failed_peers is {s.max_failed_peers}){lost}",
-            failures,
-            report,
+            f"(max_failed_peers is {s.max_failed_peers}){lost}"
         )
+    if still_served and s.tracker:
+        problems.append(
+            f"the tracker still serves info-hash {info['info_hash']} under this run's "
+            "deploy token: removing it from the allow-list failed"
+        )
+        why = f"removing the release from the tracker's allow-list failed: {still_served}"
+        failures[s.tracker] = "; ".join(filter(None, [failures.get(s.tracker), why]))
+    if problems:
+        raise DeployError("; ".join(problems), failures, report)
     return report
 
 
