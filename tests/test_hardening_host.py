@@ -7,11 +7,16 @@ attacker's tree under a marker that records the genuine digest. The check
 and the extraction now read one open file, which a rename cannot change.
 
 A daemon's log is opened without following a symlink, and is private.
+``temp_path`` must be the deploy user's own (fabmurder.host.privatedir):
+another owner, group or world write, a symlink, an unsafe directory above
+it, or a shared system directory are refused before anything is written.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -85,3 +90,88 @@ def test_a_daemons_log_is_private_to_the_deploy_user(tmp_path: Path) -> None:
         assert (log.stat().st_mode & 0o777) == 0o600
     finally:
         assert fab("daemon", "stop", "--pid-file", str(pid_file)).returncode == 0
+
+
+STRANGER = 54321  # a uid no account has: "another local user"
+
+
+def start_tracker_daemon(temp: Path) -> subprocess.CompletedProcess[str]:
+    return fab(
+        "daemon", "start", "--pid-file", str(temp / "tracker.pid"), "--log",
+        str(temp / "tracker.log"), "--ready-timeout", "10", "--", "tracker", "--bind",
+        "127.0.0.1", "--port", "0",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("plant", "why"),
+    [
+        (lambda d: (d.mkdir(), os.chown(d, STRANGER, STRANGER)), "belongs to uid 54321"),
+        (lambda d: (d.mkdir(), d.chmod(0o777)), "writable by other users"),
+        (lambda d: (d.mkdir(mode=0o700), d.chmod(0o720)), "writable by other users"),
+        (lambda d: (d.parent.joinpath("elsewhere").mkdir(), d.symlink_to("elsewhere")), "symlink"),
+    ],
+    ids=["another-owner", "world-writable", "group-writable", "symlink"],
+)
+def test_a_temp_path_someone_else_could_control_is_refused_before_anything_is_written(
+    tmp_path: Path, plant: Callable[[Path], object], why: str, require_root: None
+) -> None:
+    temp = tmp_path / "fabmurder"
+    plant(temp)
+    before = sorted(p.name for p in temp.iterdir()) if temp.is_dir() else None
+    result = start_tracker_daemon(temp)
+    assert result.returncode == 1
+    assert why in result.stderr
+    after = sorted(p.name for p in temp.iterdir()) if temp.is_dir() else None
+    assert after == before == []
+    elsewhere = tmp_path / "elsewhere"
+    assert not elsewhere.exists() or list(elsewhere.iterdir()) == []
+
+
+def test_a_directory_above_temp_path_that_others_may_write_is_refused(
+    tmp_path: Path, require_root: None
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # writable by all and not sticky: our entry could be swapped
+    result = start_tracker_daemon(shared / "fabmurder")
+    assert result.returncode == 1
+    assert f"{shared} is writable by other users" in result.stderr
+    assert list(shared.iterdir()) == []
+    shared.chmod(0o1777)  # sticky, as /tmp is: others cannot rename what is ours
+    result = start_tracker_daemon(shared / "fabmurder")
+    assert result.returncode == 0, result.stderr
+    assert (
+        fab("daemon", "stop", "--pid-file", str(shared / "fabmurder/tracker.pid")).returncode == 0
+    )
+
+
+def test_temp_path_is_made_0700_and_an_existing_one_of_ours_is_made_private(
+    tmp_path: Path,
+) -> None:
+    made = tmp_path / "a" / "b" / "fabmurder"
+    out = fab("allow", "--file", str(made / "tracker.allow"), "--add", "ab" * 20)
+    assert out.returncode == 0, out.stderr
+    for directory in (made, made.parent, made.parent.parent):
+        assert (directory.stat().st_mode & 0o777) == 0o700
+    existing = tmp_path / "existing"
+    existing.mkdir(mode=0o755)
+    existing.chmod(0o755)
+    out = fab("allow", "--file", str(existing / "tracker.allow"), "--add", "ab" * 20)
+    assert out.returncode == 0, out.stderr
+    assert (existing.stat().st_mode & 0o777) == 0o700
+
+
+@pytest.mark.parametrize("shared", ["/tmp", "/var/tmp", "/dev/shm", "/"])
+def test_clean_refuses_a_shared_system_directory_and_removes_nothing(shared: str) -> None:
+    victim = Path(shared) / f"someone-else-{os.getpid()}.tar"
+    if shared != "/":
+        victim.write_bytes(b"not fabmurder's")
+    try:
+        result = fab("clean", "--temp-path", shared)
+        assert result.returncode == 1
+        assert "every user of the host shares" in result.stderr
+        if shared != "/":
+            assert victim.read_bytes() == b"not fabmurder's"
+    finally:
+        victim.unlink(missing_ok=True)

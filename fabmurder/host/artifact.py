@@ -137,6 +137,30 @@ def pack(src: str, out_path: str) -> Packed:
     return Packed(path=out_path, sha256=writer.digest.hexdigest(), size=writer.size, files=files)
 
 
+def claim_download(path: str) -> None:
+    """Make the file a download will fill: ours, private (0600), and not through a symlink.
+
+    libtorrent creates missing files with the process's umask (0644 under
+    022), which would let any local user read the release before it is
+    installed, files that are 0600 inside it included. An existing file (a
+    resumed download) is kept and made private.
+
+    :raises ArtifactError: if ``path`` is a symlink, not a regular file, or
+        belongs to someone else.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ArtifactError(f"cannot create the download {path}: {exc}", path=path) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise ArtifactError(f"the download {path} is not a file of this user's", path=path)
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 def _hash_stream(fh: IO[bytes]) -> str:
     digest = hashlib.sha256()
     while chunk := fh.read(CHUNK):

@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 
+from fabmurder.host import privatedir
 from fabmurder.host.atomic import replace_file
 from fabmurder.host.cli import EXIT_FAILED, EXIT_OK, EXIT_RUNNING, EXIT_USAGE, emit, fail
 
@@ -204,8 +205,8 @@ def start(command: list[str], pid_file: str, log: str, ready_timeout: float) -> 
     if os.path.islink(log):
         fail(f"refusing to write the log {log}: it is a symlink")
         return EXIT_FAILED
-    for path in (pid_file, log):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    for directory in {os.path.dirname(os.path.abspath(p)) for p in (pid_file, log)}:
+        privatedir.ensure(directory)
     log_start = os.path.getsize(log) if os.path.exists(log) else 0
     read_fd, write_fd = os.pipe()
     os.set_inheritable(write_fd, True)

@@ -17,7 +17,7 @@ import os
 import time
 
 from fabmurder.errors import ArtifactError, MurderError
-from fabmurder.host import artifact, metainfo, profile
+from fabmurder.host import artifact, metainfo, privatedir, profile
 from fabmurder.host.agent import Agent, StopFlag
 from fabmurder.host.cli import EXIT_FAILED, EXIT_OK, fail, run
 from fabmurder.host.daemon import notify_ready
@@ -85,6 +85,7 @@ def peer(agent: Agent) -> int:
         )
     started = time.monotonic()
     deadline = started + args.timeout
+    artifact.claim_download(os.path.join(args.save_path, agent.meta.name))
     agent.set_state("checking")
     agent.open_session()
     notify_ready()
@@ -259,7 +260,7 @@ def main(argv: list[str]) -> int:
         StopFlag.requested = False
         StopFlag.install()
         try:
-            os.makedirs(os.path.dirname(os.path.abspath(args.status_file)), exist_ok=True)
+            privatedir.ensure(os.path.dirname(os.path.abspath(args.status_file)))
         except OSError as exc:
             raise MurderError(f"cannot create the status file's directory: {exc}") from exc
         agent = Agent(role, args, meta)
