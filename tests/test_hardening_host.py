@@ -14,6 +14,7 @@ it, or a shared system directory are refused before anything is written.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Callable
@@ -175,3 +176,27 @@ def test_clean_refuses_a_shared_system_directory_and_removes_nothing(shared: str
             assert victim.read_bytes() == b"not fabmurder's"
     finally:
         victim.unlink(missing_ok=True)
+
+
+def test_a_forged_pid_file_naming_the_tracker_does_not_make_a_peer_stop_kill_it(
+    tmp_path: Path,
+) -> None:
+    temp = tmp_path / "fabmurder"
+    started = start_tracker_daemon(temp)
+    assert started.returncode == 0, started.stderr
+    tracker_pid = json.loads(started.stdout)["pid"]
+    try:
+        # Everything a forger needs is public: the tracker's PID, its start
+        # time and command line (/proc), so the forged record matches them all.
+        (temp / "peer-v1.pid").write_text((temp / "tracker.pid").read_text())
+        finished = fab("finish", "--temp-path", str(temp), "--role", "peer")
+        assert finished.returncode == 0, finished.stderr
+        stopped = json.loads(finished.stdout)["stopped"]
+        assert [s["stopped"] for s in stopped] == [False]
+        assert "not ours" in stopped[0]["reason"]
+        assert fab("daemon", "stop", "--pid-file", str(temp / "peer-v1.pid")).returncode == 0
+        assert os.path.exists(f"/proc/{tracker_pid}")
+        status = json.loads(fab("daemon", "status", "--pid-file", str(temp / "tracker.pid")).stdout)
+        assert status["alive"] is True
+    finally:
+        assert fab("daemon", "stop", "--pid-file", str(temp / "tracker.pid")).returncode == 0

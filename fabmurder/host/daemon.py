@@ -68,8 +68,17 @@ def _is_zombie(pid: int) -> bool:
     return data[data.rfind(b")") + 2 :].split()[:1] == [b"Z"]
 
 
+#: the key :func:`read_pid_file` adds to a record: the file it was read from
+#: (set by the reader, never taken from the file's content)
+READ_FROM = "read_from"
+
+
 def read_pid_file(path: str) -> dict[str, Any] | None:
-    """Return the PID file's record, or None if it is missing or malformed."""
+    """Return the PID file's record, or None if it is missing or malformed.
+
+    The record gets :data:`READ_FROM`, so that :func:`is_ours` can check
+    that the process was started for this very PID file.
+    """
     try:
         with open(path, encoding="utf-8") as fh:
             record = json.load(fh)
@@ -83,6 +92,7 @@ def read_pid_file(path: str) -> dict[str, Any] | None:
         or not isinstance(record.get("starttime"), int)
     ):
         return None
+    record[READ_FROM] = os.path.abspath(path)
     return record
 
 
@@ -95,22 +105,54 @@ def is_agent_cmdline(argv: list[str]) -> bool:
     return any(a == "-m" and b == "fabmurder" for a, b in zip(argv, argv[1:], strict=False))
 
 
+def _started_for(pid: int, argv: list[str], pid_file: str) -> bool:
+    """Tell whether ``argv`` (of ``pid``) is a ``daemon start`` for ``pid_file``."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == "--pid-file" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--pid-file="):
+            value = arg.split("=", 1)[1]
+        if value is not None:
+            break
+    if value is None:
+        return False
+    if not os.path.isabs(value):
+        try:
+            value = os.path.join(os.readlink(f"/proc/{pid}/cwd"), value)
+        except OSError:
+            return False
+    return os.path.realpath(value) == os.path.realpath(pid_file)
+
+
 def is_ours(record: dict[str, Any] | None) -> bool:
     """Return True if the process named by a PID-file record is alive and is that very process.
 
     The start time must match field 22 of ``/proc/<pid>/stat``, the command
     line must be a fabmurder agent's (``-m fabmurder``) and, when the record
-    holds one, equal to the recorded ``argv``: a recycled or forged PID never
-    passes.
+    holds one, equal to the recorded ``argv``: a recycled PID never passes.
+    Start time and command line are public (``/proc`` is world-readable), so
+    they alone do not stop a forged record. The process must also run as
+    this user, and one read from a PID file must have been started for that
+    file (``daemon start --pid-file <it>``): a ``peer-<tag>.pid`` that names
+    the tracker does not make a stop of the peers kill the tracker.
     """
     if not record:
         return False
     pid = record["pid"]
     if proc_starttime(pid) != record["starttime"] or _is_zombie(pid):
         return False
+    try:
+        if os.stat(f"/proc/{pid}").st_uid != os.geteuid():
+            return False
+    except OSError:
+        return False
     argv = proc_cmdline(pid)
     recorded = record.get("argv")
     if isinstance(recorded, list) and recorded and recorded != argv:
+        return False
+    pid_file = record.get(READ_FROM)
+    if isinstance(pid_file, str) and not _started_for(pid, argv, pid_file):
         return False
     return is_agent_cmdline(argv)
 
