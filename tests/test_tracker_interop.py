@@ -148,6 +148,8 @@ def test_libtorrent_peers_find_each_other_through_the_tracker(
     for n, addr in enumerate(("127.0.0.3", "127.0.0.4")):
         status = tmp_path / f"peer{n}.status.json"
         statuses.append(status)
+        # A peer's save path is its private temp_path, made before it starts.
+        (tmp_path / f"peer{n}").mkdir(mode=0o700)
         processes.append(
             subprocess.Popen(
                 fabmurder(
