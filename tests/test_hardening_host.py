@@ -200,3 +200,18 @@ def test_a_forged_pid_file_naming_the_tracker_does_not_make_a_peer_stop_kill_it(
         assert status["alive"] is True
     finally:
         assert fab("daemon", "stop", "--pid-file", str(temp / "tracker.pid")).returncode == 0
+
+
+def test_release_torrents_are_private_and_0600(tmp_path: Path) -> None:
+    import libtorrent as lt
+
+    src = make_release_tree(tmp_path / "src")
+    out = fab(
+        "create", "--src", str(src), "--out-dir", str(tmp_path / "t"), "--tag", "v1",
+        "--announce", "http://127.0.0.1:1/announce/x",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    torrent = Path(json.loads(out.stdout)["torrent"])
+    assert lt.torrent_info(str(torrent)).priv() is True
+    assert (torrent.stat().st_mode & 0o777) == 0o600
+    assert ((tmp_path / "t" / "v1.tar").stat().st_mode & 0o777) == 0o600

@@ -106,6 +106,9 @@ def create(
     creator = lt.create_torrent(files, piece_size, flags=lt.create_torrent.v1_only)
     creator.add_tracker(announce)
     creator.set_creator("fabmurder")
+    # Private (BEP 27): peers come from the deploy's tracker only, never from
+    # DHT, PEX or local discovery, so the swarm is the deploy's hosts.
+    creator.set_priv(True)
     # Paths in the torrent are relative to the tarball's parent directory.
     lt.set_piece_hashes(creator, os.path.dirname(tarball))
     data = lt.bencode(creator.generate())
