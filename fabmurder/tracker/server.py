@@ -37,6 +37,7 @@ from fabmurder.host.daemon import notify_ready
 from fabmurder.tracker.allow import AllowList
 from fabmurder.tracker.connection import JSON, PLAIN, Connection, Registry, Reply
 from fabmurder.tracker.metrics import Counters, render
+from fabmurder.tracker.progress import Progress, parse_report, parse_since
 from fabmurder.tracker.protocol import (
     RequestError,
     encode_compact,
@@ -72,6 +73,8 @@ class TrackerConfig:
     header_timeout: float = 5.0
     idle_timeout: float = 30.0
     error_idle_timeout: float = 2.0
+    #: seconds without a report after which a reporter is marked silent
+    report_silence: float = 15.0
     limits: Limits = field(default_factory=Limits)
 
 
@@ -84,19 +87,29 @@ class Tracker:
         racks = RackMap.from_file(config.racks) if config.racks else RackMap({})
         self.swarms = Swarms(self.limits, racks.rack_of, config.accept_ip_param)
         self.counters = Counters()
+        self.progress = Progress(self.limits.max_swarms, self.limits.max_peers_per_swarm)
         #: the open connections; the server sets it, the metrics read it
         self.registry: Registry | None = None
         self.allow: AllowList | None = None
         if config.allow_file:
             self.allow = AllowList(config.allow_file)
-            self.allow.on_change = self.swarms.keep_only
+            self.allow.on_change = self._keep_only
         suffix = b"/" + config.token.encode() if config.token else b""
         self.routes: dict[bytes, Handler] = {
             b"/announce" + suffix: self.announce,
             b"/scrape" + suffix: self.scrape,
             b"/stats" + suffix: self.stats,
             b"/metrics" + suffix: self.metrics,
+            b"/progress" + suffix: self.progress_view,
         }
+        if not config.token:
+            # An open tracker takes reports openly too; with a token, only
+            # under a deploy token (below).
+            self.routes[b"/report"] = self.report
+
+    def _keep_only(self, allowed: frozenset[bytes]) -> None:
+        self.swarms.keep_only(allowed)
+        self.progress.keep_only(allowed)
 
     def route(self, target: bytes, ip: str) -> Reply:
         """Answer one GET request for ``target`` from address ``ip``."""
@@ -110,6 +123,8 @@ class Tracker:
                 reply = (404, PLAIN, NOT_FOUND)
             elif path.startswith(b"/announce/"):
                 reply = self.announce(query, ip, deploy)
+            elif path.startswith(b"/report/"):
+                reply = self.report(query, ip, deploy)
             else:
                 reply = self.scrape(query, ip, deploy)
         if reply[0] == 404:
@@ -127,7 +142,7 @@ class Tracker:
         """
         if not self.config.token or self.allow is None:
             return None
-        for prefix in (b"/announce/", b"/scrape/"):
+        for prefix in (b"/announce/", b"/scrape/", b"/report/"):
             if path.startswith(prefix):
                 token = path[len(prefix) :]
                 if token and b"/" not in token and token.isascii():
@@ -207,6 +222,32 @@ class Tracker:
         body = json.dumps({"swarms": self.swarms.stats()}, sort_keys=True).encode()
         return 200, JSON, body
 
+    def report(self, query: bytes, ip: str, deploy: str | None = None) -> Reply:
+        """Handle ``/report`` (or ``/report/<deploy token>``): one agent's progress."""
+        try:
+            req = parse_report(query)
+            if not self._deploy_allows(req.info_hash, deploy):
+                return 404, PLAIN, NOT_FOUND
+            if self.allow is not None and req.info_hash not in self.allow:
+                raise RequestError("info_hash is not served by this tracker")
+            self.progress.add(req, ip, time.monotonic())
+        except RequestError as exc:
+            self.counters.failures += 1
+            if deploy is not None:
+                return 404, PLAIN, NOT_FOUND
+            return 400, PLAIN, f"{exc}\n".encode()
+        return 200, PLAIN, b"ok\n"
+
+    def progress_view(self, query: bytes, ip: str) -> Reply:
+        """Handle ``/progress``: a swarm's totals and the reports changed since ``since``."""
+        try:
+            info_hash, since = parse_since(query)
+        except RequestError as exc:
+            self.counters.failures += 1
+            return 400, PLAIN, f"{exc}\n".encode()
+        body = json.dumps(self.progress.view(info_hash, since), sort_keys=True).encode()
+        return 200, JSON, body
+
     def metrics(self, query: bytes, ip: str) -> Reply:
         """Handle ``/metrics``: counters and gauges in Prometheus' text format."""
         registry = self.registry
@@ -274,6 +315,7 @@ class TrackerServer:
             self.reap(now)
             if self.tracker.allow is not None:
                 self.tracker.allow.refresh()
+            self.tracker.progress.mark_silent(now - self.config.report_silence)
             if now >= next_sweep:
                 self.tracker.swarms.expire(now)
                 next_sweep = now + sweep_every
@@ -359,6 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--header-timeout", type=float, default=5.0, help="seconds to send a request head")
     add("--idle-timeout", type=float, default=30.0, help="seconds a keep-alive link may idle")
     add(
+        "--report-silence",
+        type=float,
+        default=15.0,
+        help="seconds without a progress report before a reporter counts as silent",
+    )
+    add(
         "--error-idle-timeout",
         type=float,
         default=2.0,
@@ -378,9 +426,11 @@ def config_from_args(args: argparse.Namespace) -> TrackerConfig:
     if args.interval < 1:
         raise ConfigError("--interval must be at least 1 second", key="interval")
     min_interval = args.min_interval if args.min_interval is not None else args.interval // 2
-    if not (args.header_timeout > 0 and args.idle_timeout > 0 and args.error_idle_timeout > 0):
+    timeouts = (args.header_timeout, args.idle_timeout, args.error_idle_timeout)
+    if not all(t > 0 for t in (*timeouts, args.report_silence)):
         raise ConfigError(
-            "--header-timeout, --idle-timeout and --error-idle-timeout must be positive",
+            "--header-timeout, --idle-timeout, --error-idle-timeout and --report-silence "
+            "must be positive",
             key="timeout",
         )
     if args.min_interval is not None and args.min_interval < 1:
@@ -416,6 +466,7 @@ def config_from_args(args: argparse.Namespace) -> TrackerConfig:
         header_timeout=args.header_timeout,
         idle_timeout=args.idle_timeout,
         error_idle_timeout=args.error_idle_timeout,
+        report_silence=args.report_silence,
         limits=Limits(
             interval=args.interval,
             min_interval=max(1, min_interval),
