@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from fabmurder import pipeline, status
+from fabmurder import pipeline
 from fabmurder.config import ConfigWarning
 from fabmurder.errors import ConfigError, DeployError, HostError
+from fabmurder.status import status
 from fabmurder.testing.deploykit import DeployKit, write_fabfile
 
 PEERS = (2, 3)
@@ -183,7 +184,7 @@ def test_an_unknown_config_key_is_warned_about_with_a_suggestion(
     kit: DeployKit, tree: dict[str, Any], tmp_path: Path
 ) -> None:
     with pytest.warns(ConfigWarning, match=r"murder\.timout; did you mean murder\.timeout\?"):
-        status.status(kit.context({**kit.murder(PEERS), "timout": 5}))
+        status(kit.context({**kit.murder(PEERS), "timout": 5}))
     out = fab(kit, tmp_path, {**kit.murder(PEERS), "seeed_after": 1}, "murder.status")
     assert out.returncode == 0, out.stderr
     assert "murder: warning: unknown config key murder.seeed_after" in out.stderr
