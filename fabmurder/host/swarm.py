@@ -16,7 +16,7 @@ import argparse
 import os
 import time
 
-from fabmurder.errors import ArtifactError, MurderError
+from fabmurder.errors import ArtifactError, ConfigError, MurderError
 from fabmurder.host import artifact, metainfo, privatedir, profile
 from fabmurder.host.agent import Agent, StopFlag
 from fabmurder.host.cli import EXIT_FAILED, EXIT_OK, fail, run
@@ -228,6 +228,11 @@ def parser(role: str) -> argparse.ArgumentParser:
     p.add_argument("--upload-rate-limit", type=int, default=0)
     p.add_argument("--settings", default=None, help="libtorrent setting overrides as JSON")
     p.add_argument("--tag", required=role == "peer", default=None)
+    p.add_argument(
+        "--report-id",
+        default=None,
+        help="report progress to the tracker under this id (letters, digits, '-')",
+    )
     if role == "peer":
         p.add_argument("--sha256", required=True)
         p.add_argument("--dest", required=True)
@@ -255,6 +260,11 @@ def main(argv: list[str]) -> int:
     def body(args: argparse.Namespace) -> int:
         if args.tag is not None:
             validate_tag(args.tag)
+        rid = args.report_id
+        if rid is not None and not (
+            0 < len(rid) <= 64 and rid.isascii() and rid.replace("-", "").isalnum()
+        ):
+            raise ConfigError("--report-id must be 1-64 letters, digits or '-'", key="report_id")
         meta = metainfo.read(args.torrent, tag=args.tag)
         profile.settings(args.bind, args.port, profile.parse_overrides(args.settings))
         StopFlag.requested = False
