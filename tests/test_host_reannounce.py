@@ -1,4 +1,4 @@
-"""A seed agent really re-announces, even to a tracker whose min interval is long.
+"""A seed agent really re-announces despite a long min interval, and has room for its peers.
 
 The tracker runs with its defaults (interval 1800 s, min interval 900 s),
 as the control side starts it. libtorrent obeys ``min interval`` unless the
@@ -21,6 +21,15 @@ from test_host_artifact import make_release_tree
 from fabmurder.testing.hostcli import run as fab
 from fabmurder.testing.proc import wait_until
 from fabmurder.tracker.client import TrackerProcess
+
+
+def open_files_limit(pid: int) -> tuple[int, int]:
+    """Return the soft and hard ``Max open files`` of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no 'Max open files' line")
 
 
 def announces(tracker: TrackerProcess) -> int:
@@ -60,6 +69,9 @@ def test_a_seed_re_announces_every_few_seconds_despite_a_900_s_min_interval(
         # clamped agent would send none for 900 s.
         wait_until(lambda: announces(tracker) >= 3, 30, "two re-announces")
         assert seed.poll() is None, (tmp_path / "seed.log").read_text()
+        # The agent raised its descriptor limit so libtorrent may keep its 2,000 connections.
+        soft, hard = open_files_limit(seed.pid)
+        assert soft >= min(hard, 2564)
     finally:
         if seed is not None:
             seed.terminate()

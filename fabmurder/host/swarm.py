@@ -19,7 +19,7 @@ import time
 from fabmurder.errors import ArtifactError, ConfigError, MurderError
 from fabmurder.host import artifact, metainfo, privatedir, profile
 from fabmurder.host.agent import Agent, StopFlag
-from fabmurder.host.cli import EXIT_FAILED, EXIT_OK, fail, run
+from fabmurder.host.cli import EXIT_FAILED, EXIT_OK, fail, raise_fd_limit, run
 from fabmurder.host.daemon import notify_ready
 from fabmurder.tags import validate_tag
 
@@ -266,7 +266,9 @@ def main(argv: list[str]) -> int:
         ):
             raise ConfigError("--report-id must be 1-64 letters, digits or '-'", key="report_id")
         meta = metainfo.read(args.torrent, tag=args.tag)
-        profile.settings(args.bind, args.port, profile.parse_overrides(args.settings))
+        pack = profile.settings(args.bind, args.port, profile.parse_overrides(args.settings))
+        # libtorrent keeps about 0.8 x (soft limit - 20) connections: let it reach its own cap.
+        raise_fd_limit(int(pack["connections_limit"]) * 5 // 4 + 64)
         StopFlag.requested = False
         StopFlag.install()
         try:

@@ -24,7 +24,6 @@ import contextlib
 import hmac
 import json
 import logging
-import resource
 import signal
 import socket
 import time
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fabmurder.errors import ConfigError
+from fabmurder.host.cli import raise_fd_limit
 from fabmurder.host.daemon import notify_ready
 from fabmurder.tracker.allow import AllowList
 from fabmurder.tracker.connection import JSON, PLAIN, Connection, Registry, Reply
@@ -369,14 +369,6 @@ async def serve(config: TrackerConfig, stop: asyncio.Event | None = None) -> Non
         )
 
 
-def _raise_fd_limit(wanted: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Return the tracker's argument parser."""
     parser = argparse.ArgumentParser(
@@ -393,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--racks", default=None, help="file of 'CIDR rackname' lines (default rack: the /24)")
     add("--accept-ip-param", action="store_true", help="use a valid IPv4 'ip' parameter")
     add("--numwant-cap", type=int, default=50, help="most peers in one reply")
+    add(
+        "--seeder-numwant-cap",
+        type=int,
+        default=5000,
+        help="most peers in one reply to a peer that joined as a seeder",
+    )
     add("--max-swarms", type=int, default=1000, help="most swarms tracked at once")
     add("--max-peers-per-swarm", type=int, default=50000, help="most peers in one swarm")
     add("--max-peers-per-ip", type=int, default=256, help="most peers of one address in a swarm")
@@ -437,6 +435,7 @@ def config_from_args(args: argparse.Namespace) -> TrackerConfig:
         raise ConfigError("--min-interval must be at least 1 second", key="min_interval")
     for name in (
         "numwant_cap",
+        "seeder_numwant_cap",
         "max_swarms",
         "max_peers_per_swarm",
         "max_peers_per_ip",
@@ -471,6 +470,7 @@ def config_from_args(args: argparse.Namespace) -> TrackerConfig:
             interval=args.interval,
             min_interval=max(1, min_interval),
             numwant_cap=args.numwant_cap,
+            seeder_numwant_cap=args.seeder_numwant_cap,
             max_swarms=args.max_swarms,
             max_peers_per_swarm=args.max_peers_per_swarm,
             max_peers_per_ip=args.max_peers_per_ip,
@@ -490,7 +490,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    _raise_fd_limit(config.max_connections + 64)
+    raise_fd_limit(config.max_connections + 64)
     try:
         asyncio.run(serve(config))
     except OSError as exc:

@@ -43,6 +43,9 @@ class Limits:
     interval: int = 1800
     min_interval: int = 900
     numwant_cap: int = 50
+    # A peer that joined with the whole content (the deploy's seeder) may learn
+    # every leecher at once: it must reach each peer for the striped first pass.
+    seeder_numwant_cap: int = 5000
     # Places in every reply kept for peers of other racks, so no rack is an island.
     cross_rack: int = 2
     max_swarms: int = 1000
@@ -211,10 +214,13 @@ class Swarms:
     def __iter__(self) -> Iterator[Swarm]:
         return iter(self.swarms.values())
 
-    def numwant(self, asked: int | None) -> int:
-        """Cap a client's ``numwant`` (absent means the cap)."""
-        cap = self.limits.numwant_cap
-        return cap if asked is None or asked > cap else asked
+    def numwant(self, asked: int | None, initial_seed: bool = False) -> int:
+        """Cap a client's ``numwant`` (absent means the cap); an initial seed has its own cap."""
+        limits = self.limits
+        cap = limits.seeder_numwant_cap if initial_seed else limits.numwant_cap
+        if asked is None:
+            return limits.numwant_cap
+        return cap if asked > cap else asked
 
     def announce(self, req: Announce, source_ip: str, now: float) -> AnnounceResult:
         """Apply one announce and choose the peers to return.
@@ -264,6 +270,7 @@ class Swarms:
             peer = Peer(req.peer_id, ip, req.port, self.rack_of(ip))
             peer.key = req.key
             peer.counted = was_counted or req.event == b"completed"
+            peer.initial_seed = req.left == 0 and not peer.counted
             swarm.add(peer, req.left)
             if peer.counted and not was_counted:
                 swarm.completed += 1
@@ -278,7 +285,7 @@ class Swarms:
             if req.left != peer.left:
                 swarm.update_left(peer, req.left)
         peer.last_seen = now
-        k = self.numwant(req.numwant)
+        k = self.numwant(req.numwant, peer.initial_seed and peer.left == 0)
         picked = swarm.pick(peer, k) if k else []
         return AnnounceResult(swarm.seeders, swarm.leechers, picked)
 
