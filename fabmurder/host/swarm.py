@@ -85,6 +85,7 @@ def peer(agent: Agent) -> int:
         )
     started = time.monotonic()
     deadline = started + args.timeout
+    privatedir.ensure(args.save_path)
     artifact.claim_download(os.path.join(args.save_path, agent.meta.name))
     agent.set_state("checking")
     agent.open_session()
