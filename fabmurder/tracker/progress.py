@@ -204,8 +204,7 @@ class SwarmProgress:
             self._count(old, -1)
         self._count(new, 1)
         moved = old is None or any(
-            old[k] != new[k]
-            for k in ("addr", "state", "installed", "error", "silent")
+            old[k] != new[k] for k in ("addr", "state", "installed", "error", "silent")
         )
         if moved:
             self._changed(req.id, new)
