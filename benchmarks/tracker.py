@@ -278,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
             str(max(50, args.numwant)),
             "--max-connections",
             str(max(4096, args.connections * 4)),
+            # every client speaks from this machine's one address
+            "--max-connections-per-ip",
+            str(max(4096, args.connections * 4)),
         ],
         cpu=tracker_cpu,
     )

@@ -41,20 +41,36 @@ def prepare(
     return [h for h in plan.s.peers if not report.hosts[h].finished]
 
 
-def judge(plan: Plan, report: DeployReport, seeder_lost: str | None = None) -> DeployReport:
-    """Return ``report`` when at most ``max_failed_peers`` failed; raise otherwise.
+def judge(
+    plan: Plan,
+    report: DeployReport,
+    seeder_lost: str | None = None,
+    still_served: str | None = None,
+) -> DeployReport:
+    """Return ``report`` when at most ``max_failed_peers`` failed and the tracker let go of it.
 
+    :param seeder_lost: how the seeder died, when it did: named in the message.
+    :param still_served: why the tracker still serves the release under the
+        run's deploy token (its deregistration failed), which fails the run.
     :raises DeployError: with ``.failures`` and ``.report``, naming the
         limit and, when it died, the seeder.
     """
     s = plan.s
     failures = report.failures
+    problems = []
     if len(failures) > s.max_failed_peers:
         lost = f"; {seeder_lost}" if seeder_lost else ""
-        raise DeployError(
+        problems.append(
             f"{len(failures)} of {len(s.peers)} peer(s) failed "
-            f"(max_failed_peers is {s.max_failed_peers}){lost}",
-            failures,
-            report,
+            f"(max_failed_peers is {s.max_failed_peers}){lost}"
         )
+    if still_served and s.tracker:
+        problems.append(
+            f"the tracker still serves info-hash {report.info_hash} under this run's "
+            "deploy token: removing it from the allow-list failed"
+        )
+        why = f"removing the release from the tracker's allow-list failed: {still_served}"
+        failures[s.tracker] = "; ".join(filter(None, [failures.get(s.tracker), why]))
+    if problems:
+        raise DeployError("; ".join(problems), failures, report)
     return report

@@ -33,7 +33,7 @@ from typing import Any, Unpack
 
 from fabric import Connection
 
-from fabmurder import pipeline
+from fabmurder import distribution
 from fabmurder.config import DEFAULTS, Settings, murder_tree, settings
 from fabmurder.errors import ConfigError, DeployError
 from fabmurder.layout import (
@@ -296,7 +296,7 @@ def distribute(
     """
     s = _aimed(settings(c, **options).require("destination_path"))
     with open_pool(c, s) as pool:
-        return pipeline.distribute(pool, s, on_event)
+        return distribution.distribute(pool, s, on_event)
 
 
 def deploy(
@@ -316,7 +316,7 @@ def deploy(
     published: dict[str, str | None] = {}
     removed: dict[str, list[str]] = {}
     with open_pool(c, s) as pool:
-        report = pipeline.distribute(pool, _aimed(s), on_event)
+        report = distribution.distribute(pool, _aimed(s), on_event)
         if report.succeeded:
             published = _publish(pool, lay, s.tag, report.succeeded, "deploy", emit)
             removed = _cleanup(pool, lay, s.keep_releases, report.succeeded, emit)

@@ -3,7 +3,8 @@
 Tests that need root and network namespaces either use the ``fleet``
 fixture, carry ``@pytest.mark.fleet``, or ask for the ``require_root``
 fixture. Where those are missing they skip, except under ``CI=true``, where
-they fail: a suite that skips itself green is broken.
+they fail: a suite that skips itself green is broken. Every other skip goes
+through the same rule, :func:`skip_unless`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,19 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
+def skip_unless(condition: object, reason: str) -> None:
+    """Skip the running test unless ``condition`` holds; under CI, fail instead.
+
+    The one rule for every skip in the suite: a machine may lack root, a tool
+    or an interpreter, but CI must have them all, so there a skip is a failure.
+    """
+    if condition:
+        return
+    if in_ci():
+        pytest.fail(f"under CI nothing may skip, and this test cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def missing_for_fleet() -> str | None:
     """Return why this machine cannot run a fleet, or None if it can."""
     if os.geteuid() != 0:
@@ -39,11 +53,7 @@ def missing_for_fleet() -> str | None:
 def require_fleet_support() -> None:
     """Skip the running test if the machine cannot run a fleet; fail instead under CI."""
     reason = missing_for_fleet()
-    if reason is None:
-        return
-    if in_ci():
-        pytest.fail(f"CI=true and this test {reason}", pytrace=False)
-    pytest.skip(reason)
+    skip_unless(reason is None, str(reason))
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from fabric import Config
 from invoke import Context
@@ -58,7 +60,13 @@ def test_an_unknown_key_warns_and_names_the_likely_typo() -> None:
 
 
 def test_the_tag_defaults_to_a_utc_timestamp() -> None:
-    assert settings(context()).tag.endswith("Z")
+    before = datetime.now(UTC).replace(microsecond=0)
+    tag = settings(context()).tag
+    after = datetime.now(UTC)
+    # The whole tag is the format, to the second: strptime refuses anything else.
+    stamp = datetime.strptime(tag, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    assert stamp.strftime("%Y%m%dT%H%M%SZ") == tag  # zero-padded, nothing around it
+    assert before <= stamp <= after
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from invoke.exceptions import Exit
 
 import fabmurder
 import fabmurder.tasks as tasks_mod
-from fabmurder import contract, daemons, pipeline, watch
+from fabmurder import contract, daemons, distribution, pipeline, watch
 from fabmurder.config import settings
 from fabmurder.errors import DeployError
 from fabmurder.options import Options
@@ -335,7 +335,7 @@ def test_a_dead_seeder_is_named_in_each_timed_out_peer() -> None:
     report.hosts["web1"].reason = "timed out after 600 s (downloading, 1 of 9 bytes)"
     report.hosts["web2"].ok = True
     pool = FakePool(lambda host, command: ok({"alive": False, "pid": 77}))
-    lost = pipeline._seeder_loss(pool, plan, report)
+    lost = distribution.seeder_loss(pool, plan, report)
     assert lost == "the seeder's agent on seed1 (pid 77) died during the transfer"
     assert report.hosts["web1"].reason.endswith(f"; {lost}")
     assert pool.commands("daemon status") == ["seed1"]
@@ -376,7 +376,7 @@ def test_ctrl_c_during_the_watch_stops_every_agent_it_started_and_says_so(wheel_
     events: list[Event] = []
     pool = FakePool(handler)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.distribute(pool, s, events.append)
+        distribution.distribute(pool, s, events.append)
     assert sorted(pool.commands(" finish ")) == ["seed1", *PEERS]
     assert pool.commands("--remove " + info["info_hash"]) == ["seed1"]
     warnings = [e.message for e in events if e.kind == "warning"]

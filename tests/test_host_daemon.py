@@ -107,15 +107,23 @@ def test_a_command_that_never_becomes_ready_is_ended_and_reported(tmp_path: Path
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/stats"
-        begun = time.monotonic()
         result = fab(
             "daemon", "start", "--pid-file", str(tmp_path / "s.pid"),
             "--log", str(tmp_path / "s.log"), "--ready-timeout", "0.5",
             "--", "stats", "--url", url, "--timeout", "30",
         )  # fmt: skip
+        # `stats` had connected, sent its request and was still waiting; once
+        # it is ended, the kernel closes its end: the request, then end of file.
+        silent.settimeout(10)
+        conn, _ = silent.accept()
+        with conn:
+            received = b""
+            while chunk := conn.recv(4096):
+                received += chunk
+        assert received.startswith(b"GET /stats")
     assert result.returncode == 1
+    # Not "exited before it was ready": the ready timeout fired, not the 30 s one.
     assert "did not become ready in time" in result.stderr
-    assert time.monotonic() - begun < 15
     assert not (tmp_path / "s.pid").exists()
 
 
@@ -140,7 +148,7 @@ def test_stop_never_signals_a_process_that_merely_mentions_fabmurder(tmp_path: P
     mention = ["-c", "import time; time.sleep(60)", "-f", "/run/fabmurder/fleet/sshd_config"]
     other = subprocess.Popen([sys.executable, *mention])
     try:
-        wait_until(lambda: "/run/fabmurder" in " ".join(daemon.proc_cmdline(other.pid)))
+        assert wait_until(lambda: "/run/fabmurder" in " ".join(daemon.proc_cmdline(other.pid)))
         argv = daemon.proc_cmdline(other.pid)
         pid_file = tmp_path / "tracker.pid"
         record = {"pid": other.pid, "starttime": daemon.proc_starttime(other.pid), "argv": argv}
@@ -191,6 +199,23 @@ def test_a_daemon_that_ignores_sigterm_is_killed_after_the_timeout(tmp_path: Pat
     assert wait_until(lambda: not alive(pid))
 
 
-def test_notify_ready_is_a_no_op_outside_a_daemon(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notify_ready_is_a_no_op_outside_a_daemon(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "x.pid"
     monkeypatch.delenv(daemon.READY_FD_ENV, raising=False)
+    monkeypatch.setenv(daemon.PID_FILE_ENV, str(pid_file))
     daemon.notify_ready()
+    assert not pid_file.exists()
+    assert daemon.PID_FILE_ENV not in os.environ  # a child it starts inherits nothing
+    # The same call under `daemon start` (a ready pipe given) does both things.
+    read_fd, write_fd = os.pipe()
+    monkeypatch.setenv(daemon.READY_FD_ENV, str(write_fd))
+    monkeypatch.setenv(daemon.PID_FILE_ENV, str(pid_file))
+    monkeypatch.setenv(daemon.ROLE_ENV, "tracker")
+    daemon.notify_ready()
+    with os.fdopen(read_fd, "rb") as pipe:
+        assert pipe.read() == b"ready\n"  # EOF too: notify_ready closed its end
+    record = json.loads(pid_file.read_text())
+    assert record["pid"] == os.getpid() and record["role"] == "tracker"
+    assert record["starttime"] == daemon.proc_starttime(os.getpid())

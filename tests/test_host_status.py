@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,14 +92,32 @@ def _agent(tmp_path: Path) -> agent.Agent:
     return agent.Agent("peer", args, meta)
 
 
-def test_the_status_file_is_replaced_atomically_at_most_twice_a_second(tmp_path: Path) -> None:
+def test_the_status_file_is_replaced_atomically_at_most_twice_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agent's clock, stepped by the test: a slow machine cannot change what is seen.
+    now = [1000.0]
+
+    class Clock:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(time, name)
+
+        def monotonic(self) -> float:
+            return now[0]
+
+    monkeypatch.setattr(agent, "time", Clock())
     subject = _agent(tmp_path)
     path = tmp_path / "peer-v1.status.json"
     subject.write_status(force=True)
     first = path.stat().st_ino
-    for _ in range(50):
+    for step in range(100):
+        now[0] = 1000.0 + step * agent.STATUS_INTERVAL / 100
         subject.write_status()
     assert path.stat().st_ino == first  # throttled: no rewrite within STATUS_INTERVAL
+    now[0] = 1000.0 + agent.STATUS_INTERVAL
+    subject.write_status()
+    assert path.stat().st_ino != first  # once the interval has passed, it is written again
+    first = path.stat().st_ino
     subject.set_state("downloading")  # a change of state is written at once
     assert path.stat().st_ino != first
     assert statusfile.read_status(str(path))["state"] == "downloading"

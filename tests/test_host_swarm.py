@@ -13,13 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import skip_unless
 from test_host_artifact import make_release_tree, tree_signature
 
 from fabmurder.host import statusfile
@@ -204,12 +204,11 @@ def test_three_peers_download_verify_and_install_identical_trees(
     release = create_release(tmp_path, tracker)
     seed = start_seed(nodes, tmp_path, release)
     seeding(seed)
-    began = time.monotonic()
-    peers = [start_peer(nodes, tmp_path, release, seed) for _ in range(3)]
+    # --seed-after outlasts any wait here: a peer that exits at all left because
+    # the tracker showed no leechers, not because its seeding time ran out.
+    peers = [start_peer(nodes, tmp_path, release, seed, seed_after="3600") for _ in range(3)]
     for peer in peers:
-        assert peer.wait(60) == 0, peer.output()
-    # They left because the tracker showed no leechers, long before --seed-after.
-    assert time.monotonic() - began < 25
+        assert peer.wait(120) == 0, peer.output()
     for peer in peers:
         assert tree_signature(peer.dest / release.tag) == tree_signature(release.src)
         # the marker next to the release records the artifact it came from
@@ -415,6 +414,8 @@ def test_pieces_from_a_corrupt_peer_fail_their_hash_and_the_release_still_instal
     assert status["from_peers"] > 0  # the corrupt node really did send data
     # Every good byte came from the rate-limited seeder: the limit held on loopback too.
     assert status["from_seeder"] >= release.size
+    # The clock is the behaviour here: a rate limit is a lower bound on the time,
+    # which a slow machine only lengthens (0.7: slack for the limiter's bursts).
     assert status["downloaded_at"] - status["started_at"] >= 0.7 * release.size / rate
 
 
@@ -423,10 +424,7 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """Mount a 1 MiB tmpfs (needs root; fails rather than skips under CI)."""
     mount = tmp_path / "tiny"
     mount.mkdir()
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the full-disk test needs root under CI")
-        pytest.skip("needs root to mount a tmpfs")
+    skip_unless(os.geteuid() == 0, "needs root to mount a tmpfs")
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
     try:
         yield mount
@@ -482,10 +480,9 @@ def test_a_finished_peer_leaves_promptly_through_a_token_tracker(
         release = create_release(tmp_path, token_tracker)
         seed = start_seed(nodes, tmp_path, release)
         seeding(seed)
-        peer = start_peer(nodes, tmp_path, release, seed, seed_after="60")
-        began = time.monotonic()
-        assert peer.wait(40) == 0, peer.output()
-        assert time.monotonic() - began < 20
+        # As above: with an hour to seed, only the scrape's "no leechers" ends it.
+        peer = start_peer(nodes, tmp_path, release, seed, seed_after="3600")
+        assert peer.wait(120) == 0, peer.output()
         assert "scrape failed" not in peer.output()
     finally:
         fab("daemon", "stop", "--pid-file", str(tmp_path / "tracker.pid"))

@@ -10,8 +10,8 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from invoke import Context
 from fabmurder import daemons, pipeline
 from fabmurder.errors import DeployError
 from fabmurder.remote import FastConnection
-from fabmurder.report import Event
+from fabmurder.report import DeployReport, Event
 from fabmurder.testing.deploykit import MANIFEST, agent_processes
 from fabmurder.testing.fleet import Fleet
 
@@ -72,15 +72,13 @@ def context(fleet: Fleet, murder: dict[str, Any]) -> Context:
 
 
 @pytest.fixture(scope="session")
-def installed(fleet: Fleet, murder: dict[str, Any]) -> float:
-    """Install the agent on every fleet host once per session; return how long it took."""
-    started = time.monotonic()
-    pipeline.setup(context(fleet, murder))
-    return time.monotonic() - started
+def installed(fleet: Fleet, murder: dict[str, Any]) -> list[str]:
+    """Install the agent on every fleet host once per session; return what setup did on each."""
+    return sorted(pipeline.setup(context(fleet, murder)).values())
 
 
 @pytest.fixture(scope="session")
-def release(fleet: Fleet, installed: float) -> dict[str, Any]:
+def release(fleet: Fleet, installed: list[str]) -> dict[str, Any]:
     """Build the release tree on the seeder and return its manifest."""
     seeder = fleet.hosts[0]
     fleet.run_in(seeder, ["sh", "-c", MAKE_TREE, "make-tree", SRC])
@@ -94,9 +92,18 @@ def manifest(fleet: Fleet, host: Any, path: str) -> dict[str, Any]:
 
 
 def listing(fleet: Fleet, host: Any, path: str) -> list[str]:
-    """Return the names in a host's directory, hidden ones too, but not digest records."""
-    names = fleet.run_in(host, ["ls", "-A", path]).stdout.split()
-    return [name for name in names if not name.endswith(".sha256")]
+    """Return the sorted names in a host's directory, hidden ones too, but not digest records.
+
+    A directory that does not exist lists as empty.
+    """
+    out = fleet.run_in(host, ["sh", "-c", 'ls -A -- "$1" 2>/dev/null || true', "ls", path])
+    return sorted(name for name in out.stdout.split() if not name.endswith(".sha256"))
+
+
+def temp_files(fleet: Fleet, host: Any) -> list[str]:
+    """Return every name in a host's ``temp_path``, sorted."""
+    out = fleet.run_in(host, ["sh", "-c", 'ls -A -- "$1" 2>/dev/null || true', "ls", TEMP])
+    return sorted(out.stdout.split())
 
 
 @pytest.fixture
@@ -104,14 +111,56 @@ def events() -> Iterator[list[Event]]:
     yield []
 
 
-def test_setup_installs_the_agent_everywhere_and_a_second_run_is_fast(
-    fleet: Fleet, murder: dict[str, Any], installed: float
+@dataclass
+class FirstDeploy:
+    """The first deploy of release r1, and each peer's files just before and after it."""
+
+    report: DeployReport
+    events: list[Event]
+    before: dict[str, list[str]]
+    after: dict[str, list[str]]
+    agents: dict[str, list[str]]
+
+
+@pytest.fixture(scope="module")
+def r1(fleet: Fleet, murder: dict[str, Any], release: dict[str, Any]) -> FirstDeploy:
+    """Deploy r1 to the eight peers, once for every test that needs it, whatever the order."""
+    peers = fleet.hosts[1:9]
+
+    def files() -> dict[str, list[str]]:
+        return {h.name: sorted(listing(fleet, h, DEST) + temp_files(fleet, h)) for h in peers}
+
+    before = files()
+    events: list[Event] = []
+    report = pipeline.distribute_files(context(fleet, murder), tag="r1", on_event=events.append)
+    agents = {h.name: agent_processes(fleet, h) for h in fleet.hosts[:9]}
+    return FirstDeploy(report, events, before, files(), agents)
+
+
+#: what an install writes: the shipped wheels, the stamp, the installed package
+INSTALLED = (
+    'stat -c "%n %i %y" "$1/wheels" "$1"/wheels/* "$1/installed.sha256" '
+    '"$1"/venv/lib/*/site-packages/fabmurder/__init__.py'
+)
+
+
+def install_files(fleet: Fleet) -> dict[str, str]:
+    """Return, per host, the inode and mtime of each file an install of the agent writes."""
+    return {
+        h.name: fleet.run_in(h, ["sh", "-c", INSTALLED, "stat", AGENT]).stdout for h in fleet.hosts
+    }
+
+
+def test_setup_installs_the_agent_everywhere_and_a_second_run_changes_nothing(
+    fleet: Fleet, murder: dict[str, Any], installed: list[str]
 ) -> None:
-    started = time.monotonic()
+    assert set(installed) <= {"installed", "up to date"} and len(installed) == 9, installed
+    before = install_files(fleet)
+    assert all(len(files.splitlines()) >= 5 for files in before.values()), before
     result = pipeline.setup(context(fleet, murder))
-    again = time.monotonic() - started
     assert sorted(result.values()) == ["up to date"] * 9
-    assert again < max(5.0, installed / 2), (installed, again)
+    # the stamp matched: no wheel was shipped again, nothing was reinstalled
+    assert install_files(fleet) == before
     out = fleet.run_in(fleet.hosts[4], [f"{AGENT}/venv/bin/python", "-c", "import libtorrent"])
     assert out.returncode == 0
 
@@ -120,6 +169,7 @@ def test_setup_fails_clearly_on_hosts_without_a_usable_python(
     fleet: Fleet, murder: dict[str, Any], installed: float
 ) -> None:
     broken = {**murder, "remote_path": "/srv/fabmurder/other", "python": "/usr/bin/python2.7"}
+    held = listing(fleet, fleet.hosts[1], "/srv/fabmurder")
     with pytest.raises(DeployError) as caught:
         pipeline.setup(context(fleet, broken))
     assert len(caught.value.failures) == 9
@@ -127,31 +177,33 @@ def test_setup_fails_clearly_on_hosts_without_a_usable_python(
         assert "no usable Python: '/usr/bin/python2.7' must be Python >= 3.11" in reason
         assert "not found" in reason
     # nothing was written for the broken install
-    assert fleet.run_in(fleet.hosts[1], ["ls", "-A", "/srv/fabmurder"]).stdout.split() == ["agent"]
+    assert "agent" in held and "other" not in held
+    assert listing(fleet, fleet.hosts[1], "/srv/fabmurder") == held
 
 
 def test_a_release_tree_reaches_eight_peers_identical_in_bytes_and_modes(
-    fleet: Fleet, murder: dict[str, Any], release: dict[str, Any], events: list[Event]
+    fleet: Fleet, release: dict[str, Any], r1: FirstDeploy
 ) -> None:
     assert len(release) >= 10 and release["link"] == ["link", "a/b/c/deep.txt"]
-    report = pipeline.distribute_files(context(fleet, murder), tag="r1", on_event=events.append)
+    report = r1.report
     assert report.failures == {}
     assert len(report.succeeded) == 8
     for host in fleet.hosts[1:9]:
         assert manifest(fleet, host, f"{DEST}/r1") == release, host.name
         # nothing but the release (and the agent's record of its digest) is left behind
-        leftovers = listing(fleet, host, DEST) + listing(fleet, host, TEMP)
-        assert leftovers == ["r1"], (host.name, leftovers)
-        assert agent_processes(fleet, host) == []
+        assert "r1" not in r1.before[host.name]
+        assert r1.after[host.name] == sorted([*r1.before[host.name], "r1"]), host.name
+        assert r1.agents[host.name] == [], host.name
     assert all(r.bytes == report.size and r.seconds is not None for r in report.hosts.values())
     assert sum(r.from_peers for r in report.hosts.values()) > 0
-    assert any(e.kind == "progress" and e.data["done"] == 8 for e in events)
+    assert any(e.kind == "progress" and e.data["done"] == 8 for e in r1.events)
     # the tracker keeps running for the next deploy; the seeder does not
-    assert [p for p in agent_processes(fleet, fleet.hosts[0]) if "seed" in p] == []
+    assert [p for p in r1.agents[fleet.hosts[0].name] if " seed " in p] == []
+    assert [p for p in r1.agents[fleet.hosts[0].name] if " tracker " in p] != []
 
 
 def test_the_same_release_again_is_found_installed_and_sent_to_nobody(
-    fleet: Fleet, murder: dict[str, Any], release: dict[str, Any], events: list[Event]
+    fleet: Fleet, murder: dict[str, Any], r1: FirstDeploy, events: list[Event]
 ) -> None:
     report = pipeline.distribute_files(context(fleet, murder), tag="r1", on_event=events.append)
     assert report.failures == {}
@@ -163,7 +215,7 @@ def test_the_same_release_again_is_found_installed_and_sent_to_nobody(
 
 
 def test_another_release_under_a_tag_in_use_is_refused_and_nothing_is_touched(
-    fleet: Fleet, murder: dict[str, Any], release: dict[str, Any]
+    fleet: Fleet, murder: dict[str, Any], release: dict[str, Any], r1: FirstDeploy
 ) -> None:
     fleet.run_in(fleet.hosts[0], ["sh", "-c", "mkdir -p /srv/other && echo other > /srv/other/f"])
     other = {**murder, "files_path": "/srv/other"}
@@ -176,7 +228,7 @@ def test_another_release_under_a_tag_in_use_is_refused_and_nothing_is_touched(
 
 
 def test_the_example_fabfile_deploys_a_second_tag_through_the_real_fab_command(
-    fleet: Fleet, murder: dict[str, Any], release: dict[str, Any], tmp_path: Path
+    fleet: Fleet, murder: dict[str, Any], release: dict[str, Any], r1: FirstDeploy, tmp_path: Path
 ) -> None:
     staging = fleet.write_fabric_yaml(tmp_path / "staging.yaml", extra={"murder": murder})
     fab = Path(sys.executable).with_name("fab")
@@ -201,6 +253,7 @@ def test_a_peer_that_is_down_fails_the_run_by_name_and_the_others_still_get_it(
     fleet: Fleet, murder: dict[str, Any], release: dict[str, Any]
 ) -> None:
     down = fleet.hosts[8]
+    held = listing(fleet, down, DEST) + temp_files(fleet, down)
     fleet.stop_sshd(down)
     try:
         with pytest.raises(DeployError) as caught:
@@ -213,9 +266,8 @@ def test_a_peer_that_is_down_fails_the_run_by_name_and_the_others_still_get_it(
     assert "1 of 8 peer(s) failed" in str(caught.value)
     for host in fleet.hosts[1:8]:
         assert manifest(fleet, host, f"{DEST}/r3") == release
-    assert sorted(listing(fleet, down, DEST)) == [
-        "LIVE", "current", "r1", "releases", "revisions.log"
-    ]  # fmt: skip
+    # the host that was down is as it was: nothing of r3, nothing else changed
+    assert listing(fleet, down, DEST) + temp_files(fleet, down) == held
 
 
 def test_a_build_on_the_control_machine_is_handed_to_the_seeder_with_local_path(
@@ -272,32 +324,82 @@ def test_an_external_opentracker_is_used_and_given_each_info_hash(
     assert manifest(fleet, fleet.hosts[2], f"{DEST}/r5") == release
 
 
-def test_stop_tasks_leave_no_fabmurder_process_on_any_host(
+def cleaning(events: list[Event]) -> dict[str, tuple[bool, str | None]]:
+    """Return address -> (ok, reason) from the host events of one clean_temp_files call."""
+    found = {}
+    for e in events:
+        if e.kind == "host" and e.host:
+            # "user@address:port" or the address alone
+            address = e.host.rpartition("@")[2].partition(":")[0]
+            found[address] = (e.data["ok"], e.data["reason"])
+    return found
+
+
+def test_stop_tasks_leave_no_fabmurder_process_and_cleaning_spares_running_daemons(
     fleet: Fleet, murder: dict[str, Any], release: dict[str, Any], events: list[Event]
 ) -> None:
+    seeder, peers = fleet.hosts[0], fleet.hosts[1:9]
     c = context(fleet, {**murder, "tag": "r4", "seed_after": 300})
     pipeline.start_tracker(c)
     pipeline.create_torrent(c)
     pipeline.start_seeding(c)
-    running = agent_processes(fleet, fleet.hosts[0])
+    running = agent_processes(fleet, seeder)
     assert any(" tracker " in p for p in running) and any(" seed " in p for p in running)
     report = pipeline.peer_download(c)  # the step on its own: torrent and digest from the seeder
     assert report.failures == {} and len(report.succeeded) == 8
     assert manifest(fleet, fleet.hosts[5], f"{DEST}/r4") == release
 
     stopped = []
-    for stop in (pipeline.stop_peering, pipeline.stop_seeding, pipeline.stop_tracker):
-        result = stop(c, on_event=events.append)
-        assert not result.failed
-        stopped += [r for records in result.values() for r in records if r["stopped"]]
-    assert {Path(r["pid_file"]).name for r in stopped} >= {"tracker.pid", "seed-r4.pid"}
-    for host in fleet.hosts:
+    peering = pipeline.stop_peering(c, on_event=events.append)
+    assert not peering.failed
+    stopped += [r for records in peering.values() for r in records if r["stopped"]]
+    for host in peers:
         assert agent_processes(fleet, host) == [], host.name
+        assert {"r4.tar", "r4.torrent", "peer-r4.log"} <= set(temp_files(fleet, host)), host.name
+
+    # Beside the running tracker's and seeder's files: a release no daemon serves any
+    # more, and a file that is not fabmurder's.
+    stale = ["old.tar", "old.torrent", "peer-old.status.json", "seed-old.log"]
+    plant = 'cd -- "$1" && shift && touch -- "$@"'
+    fleet.run_in(seeder, ["sh", "-c", plant, "plant", TEMP, *stale, "notes.txt"])
+    held = temp_files(fleet, seeder)
+    assert {"tracker.pid", "seed-r4.pid", "r4.tar", "notes.txt", *stale} <= set(held)
+    try:
+        news: list[Event] = []
+        pipeline.clean_temp_files(c, on_event=news.append)
+        assert cleaning(news) == {h.address: (True, None) for h in fleet.hosts[:9]}
+        assert temp_files(fleet, seeder) == sorted(set(held) - set(stale))
+        for host in peers:
+            assert temp_files(fleet, host) == [], host.name
+
+        # one release's files, while its seeder runs: refused on that host, nothing removed
+        news = []
+        pipeline.clean_temp_files(c, tag="r4", on_event=news.append)
+        outcome = cleaning(news)
+        ok, reason = outcome.pop(seeder.address)
+        assert not ok and "still has a running seeder or peer" in str(reason), reason
+        assert outcome == {h.address: (True, None) for h in peers}
+        assert temp_files(fleet, seeder) == sorted(set(held) - set(stale))
+
+        for stop in (pipeline.stop_seeding, pipeline.stop_tracker):
+            result = stop(c, on_event=events.append)
+            assert not result.failed
+            stopped += [r for records in result.values() for r in records if r["stopped"]]
+        assert {Path(r["pid_file"]).name for r in stopped} >= {"tracker.pid", "seed-r4.pid"}
+        for host in fleet.hosts:
+            assert agent_processes(fleet, host) == [], host.name
+
+        news = []
+        pipeline.clean_temp_files(c, on_event=news.append)
+        assert cleaning(news) == {h.address: (True, None) for h in fleet.hosts[:9]}
+        # what is left is not a temp file: the tracker's token (kept for its next start)
+        assert temp_files(fleet, seeder) == ["notes.txt", "tracker.token"]
+    finally:
+        fleet.run_in(seeder, ["rm", "-f", "--", f"{TEMP}/notes.txt"])
     # idempotent: a second round stops nothing and says so
     again = pipeline.stop_tracker(c, on_event=events.append)
     assert [r for records in again.values() for r in records if r["stopped"]] == []
     assert events[-1].message == "no tracker running"
-    pipeline.clean_temp_files(c)
 
 
 def test_a_torrent_too_large_to_travel_inline_is_uploaded_to_each_peer(

@@ -9,6 +9,7 @@ status files, never on the clock.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -77,10 +78,9 @@ def assert_installed(kit: DeployKit, tree: dict[str, Any], tag: str, hosts: Any)
 
 
 def assert_nothing_left(kit: DeployKit, tag: str, hosts: Any) -> None:
-    """No release, no partial extraction and no agent of ``tag`` on ``hosts``."""
+    """No release, no partial extraction, no temp file and no agent of ``tag`` on ``hosts``."""
     for index in hosts:
-        assert kit.leftovers(index, tag)["release"] == [], index
-        assert kit.leftovers(index, tag)["partial"] == [], index
+        assert kit.leftovers(index, tag) == {"release": [], "partial": [], "temp": []}, index
         assert [p for p in kit.agents(index) if f"-{tag}." in p] == [], index
 
 
@@ -126,13 +126,16 @@ def test_a_seeder_killed_before_the_peers_hold_every_piece_fails_within_the_time
     with pytest.raises(DeployError) as caught:
         run.result(90)
     took = time.monotonic() - killed
-    assert took < timeout + 10, took
+    # The timeout must fire: a bound that is the behaviour itself, with generous slack.
+    assert took < timeout + 30, took
     failures = caught.value.failures
     assert sorted(failures) == sorted(kit.fleet.host(i).host_string for i in PEERS)
     for reason in failures.values():
-        assert "timed out" in reason and "the seeder" in reason, reason
+        # the agents' own timeout ("12s at 40.6%"), not the control side's later deadline
+        assert re.search(rf"timed out after {timeout}s at [0-9.]+%", reason), reason
+        assert f"the seeder's agent on {kit.fleet.host(1).host_string}" in reason, reason
     assert "seeder" in str(caught.value) and str(kill_pid) in str(caught.value)
-    assert_nothing_left(kit, "sk2", PEERS)
+    assert_nothing_left(kit, "sk2", (1, *PEERS))
 
 
 def tracker_stats(kit: DeployKit) -> dict[str, Any]:
@@ -199,33 +202,40 @@ def test_a_peer_whose_link_is_cut_fails_by_name_and_max_failed_peers_0_fails_the
     """Expected: DeployError naming only that host (no answer); the others installed."""
     timeout = 30
     victim = kit.fleet.host(4).host_string
-    failed_at: list[float] = []
+    failed: list[Event] = []
 
     def note(event: Event) -> None:
         if event.kind == "host" and event.host == victim and event.data.get("ok") is False:
-            failed_at.append(time.monotonic())
+            failed.append(event)
 
     c = kit.context(kit.murder(PEERS, upload_rate_limit=200_000, timeout=timeout))
     run = kit.background(pipeline.distribute_files, c, tag="lk1", on_event=note)
     kit.wait_status(4, "peer-lk1", downloading, 30, run)
     kit.fleet.set_link(4, False)
-    cut = time.monotonic()
+    cut = time.time()  # the clock of Event.at and of the agents' status files
     try:
         with pytest.raises(DeployError) as caught:
             run.result(120)
     finally:
         kit.fleet.set_link(4, True)
     assert list(caught.value.failures) == [victim]
-    assert (
-        "no answer" in caught.value.failures[victim]
-        or "lost contact" in (caught.value.failures[victim])
-    )
     assert "1 of 4 peer(s) failed" in str(caught.value)
-    # a lost host is given up on after half the timeout, not at the deadline
-    assert failed_at and failed_at[0] - cut < timeout, (failed_at, cut)
     assert_installed(kit, tree, "lk1", (2, 3, 5))
-    # The cut-off agent ends on its own timeout, leaving no partial release.
+    # A lost host is given up on after half the timeout: its status read hung that long ...
+    half = timeout // 2
+    assert caught.value.failures[victim] == f"no answer for {half} s during the download"
+    assert failed and failed[0].at - cut >= half - 1, (failed, cut)  # less a poll's lead
+    # ... not at the deadline: before the cut-off agent's own timeout fired.
     wait_for(lambda: not [p for p in kit.agents(4) if "-lk1." in p], timeout + 20, "its exit")
+    agent = kit.status(4, "peer-lk1") or {}
+    assert str(agent.get("error")).startswith(f"timed out after {timeout}s"), agent
+    assert failed[0].at < float(agent["started_at"]) + timeout, (failed, agent)
+    # Nothing half-installed. The run could not reach it to clean up, so its partial
+    # tarball waits in temp_path for a rerun, until clean_temp_files.
+    assert kit.leftovers(4, "lk1")["release"] == kit.leftovers(4, "lk1")["partial"] == []
+    assert "lk1.tar" in kit.leftovers(4, "lk1")["temp"]
+    cleaned = pipeline.clean_temp_files(c, tag="lk1")
+    assert not cleaned.failed, cleaned.failed
     assert_nothing_left(kit, "lk1", (4,))
 
 
@@ -252,6 +262,7 @@ def test_a_full_disk_fails_that_peer_clearly_then_a_rerun_finishes_without_resen
     assert list(caught.value.failures) == [full]
     assert "not enough space" in caught.value.failures[full]
     assert kit.listing(5, kit.destination_path) == []  # nothing half-written
+    assert_nothing_left(kit, "df1", (1, 5))
     assert_installed(kit, tree, "df1", (2, 3, 4))
 
     kit.sh(5, f"umount {kit.destination_path}")
@@ -298,7 +309,7 @@ def test_ctrl_c_on_the_control_machine_stops_every_agent_and_says_what_it_stoppe
     assert "Traceback" not in out, out
     for index in range(1, 6):
         assert [p for p in kit.agents(index) if " tracker " not in p] == [], index
-    assert_nothing_left(kit, "cc1", PEERS)
+    assert_nothing_left(kit, "cc1", (1, *PEERS))
     # the tracker is the one long-lived daemon; its stop task leaves nothing at all
     pipeline.stop_tracker(kit.context(kit.murder(PEERS)))
     assert kit.agents(1) == []

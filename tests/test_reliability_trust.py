@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from fabmurder import overview, pipeline
+from fabmurder import pipeline
 from fabmurder.errors import DeployError
 from fabmurder.host import metainfo
+from fabmurder.overview import status as hosts_status
 from fabmurder.testing.deploykit import AGENT_PYTHON, DeployKit
 
 SIZE = 512 * 1024
@@ -160,19 +161,6 @@ def test_a_release_that_does_not_match_the_recorded_sha256_is_never_installed(
         assert kit.listing(index, kit.destination_path) == []
 
 
-def http_get(kit: DeployKit, host: int, url: str) -> tuple[int, bytes]:
-    """GET ``url`` from inside ``host``; return the status and body."""
-    script = (
-        "import sys, urllib.request, urllib.error\n"
-        "try:\n    r = urllib.request.urlopen(sys.argv[1], timeout=5); c, b = r.status, r.read()\n"
-        "except urllib.error.HTTPError as e:\n    c, b = e.code, e.read()\n"
-        "sys.stdout.write(str(c) + ' ' + b.hex())\n"
-    )
-    out = kit.fleet.run_in(host, ["/usr/bin/python3", "-c", script, url]).stdout
-    code, _, body = out.partition(" ")
-    return int(code), bytes.fromhex(body)
-
-
 def test_a_host_outside_the_roles_gets_no_peers_from_the_tracker_and_no_pieces_from_a_peer(
     kit: DeployKit, tree: dict[str, Any]
 ) -> None:
@@ -197,11 +185,11 @@ def test_a_host_outside_the_roles_gets_no_peers_from_the_tracker_and_no_pieces_f
     unregistered = query.replace(query[11:71], "%00" * 20)
     try:
         for path in ("/announce", "/announce/wrong-token", f"/announce/{deploy}x", "/stats"):
-            assert http_get(kit, OUTSIDER, f"{base}{path}{query}")[0] == 404, path
+            assert kit.http_get(OUTSIDER, f"{base}{path}{query}")[0] == 404, path
         # the deploy's token opens its own swarm and nothing else
-        assert http_get(kit, 2, f"{base}/announce/{deploy}{unregistered}")[0] == 404
-        assert http_get(kit, 2, f"{base}/stats/{deploy}")[0] == 404
-        code, body = http_get(kit, 2, f"{base}/announce/{deploy}{query}")
+        assert kit.http_get(2, f"{base}/announce/{deploy}{unregistered}")[0] == 404
+        assert kit.http_get(2, f"{base}/stats/{deploy}")[0] == 404
+        code, body = kit.http_get(2, f"{base}/announce/{deploy}{query}")
         assert code == 200 and b"peers" in body, body
 
         target = f"{seeder}:{kit.peer_port}"
@@ -269,7 +257,7 @@ def test_strict_host_keys_refuse_a_changed_or_unknown_key_and_the_others_still_d
         assert kit.listing(index, kit.temp_path) == [] == kit.listing(index, kit.destination_path)
 
     # switched off, fabmurder trusts whatever key the host shows (Fabric's default)
-    lax = overview.status(kit.context({**murder, "strict_host_keys": False}))
+    lax = hosts_status(kit.context({**murder, "strict_host_keys": False}))
     assert "error" not in lax[changed] and "error" not in lax[unknown]
 
 

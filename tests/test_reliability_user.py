@@ -19,7 +19,7 @@ from invoke import Context
 
 from fabmurder import pipeline, releases
 from fabmurder.errors import DeployError
-from fabmurder.testing.fleet import Fleet, down, up
+from fabmurder.testing.fleet import Fleet, down, sibling_name, up
 
 USER = "fmdeploy"
 HOME = f"/srv/home/{USER}"
@@ -50,14 +50,15 @@ def users(require_root: None) -> Iterator[Fleet]:
             check=True,
         )  # fmt: skip
         made = True
-    fleet = up(3, name="user")
+    # named after the session's fleet, so that other sessions never touch it
+    fleet = up(3, name=sibling_name(os.environ.get("FABMURDER_FLEET_NAME", "test"), "us"))
     try:
         key = fleet.key_path.with_name(fleet.key_path.name + ".pub").read_text().strip()
         for host in fleet.hosts:
             fleet.run_in(host, ["sh", "-c", PREPARE, "prepare", USER, HOME, key])
         yield fleet
     finally:
-        down("user")
+        down(fleet.name)
         if made:
             subprocess.run(["userdel", USER], check=False)
 

@@ -9,11 +9,11 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fabric import Config
 from invoke import Context, MockContext, Result
 from invoke.exceptions import Exit
 
@@ -76,17 +76,21 @@ def test_parse_json_takes_the_last_json_line_of_noisy_output() -> None:
     assert parse_json("not json") is None
 
 
-def test_fan_out_never_runs_more_than_parallel_operations_at_once() -> None:
+def test_fan_out_runs_exactly_parallel_operations_at_once() -> None:
     pool = ConnectionPool(Context().config, parallel=4)
     lock = threading.Lock()
     running, peak = 0, 0
+    # Each call holds its slot until four are inside at once: a pool that ran
+    # fewer at a time would break the barrier (its timeout is only a bound on a
+    # hang), and one that ran more would show a peak above four.
+    together = threading.Barrier(4, timeout=30)
 
     def work(conn: Any) -> str:
         nonlocal running, peak
         with lock:
             running += 1
             peak = max(peak, running)
-        time.sleep(0.01)  # hold the slot so overlapping calls can be counted
+        together.wait()
         with lock:
             running -= 1
         if conn.original_host == "host7":
@@ -95,7 +99,8 @@ def test_fan_out_never_runs_more_than_parallel_operations_at_once() -> None:
 
     threads_before = threading.active_count()
     result = pool.fan_out([f"host{i}" for i in range(40)], work)
-    assert peak <= 4
+    assert peak == 4
+    assert not together.broken
     assert len(result) == 40
     assert set(result.failed) == {"host7"}
     assert threading.active_count() <= threads_before + 1
@@ -119,19 +124,50 @@ def test_every_task_argument_has_help_and_a_one_line_summary() -> None:
         assert task.__doc__ and task.__doc__.splitlines()[0].endswith(".")
 
 
+class Resolved(Exception):
+    """Raised by a stand-in ``open_pool`` to hand back the settings a run resolved."""
+
+
 def test_flags_become_overrides_and_unset_flags_fall_back_to_config(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    seen: dict[str, Any] = {}
+    def resolve_only(c: Any, s: Any) -> Any:
+        raise Resolved(s)
 
+    # The real task and the real pipeline step, stopped where the run opens.
+    monkeypatch.setattr(pipeline, "open_pool", resolve_only)
+    config = Config()
+    config.load_collection(fabmurder.ns.configuration())
+    config.murder.update(
+        tag="from-config", timeout=100, files_path="/srv/app", destination_path="/srv/releases",
+        seed_after=7, max_failed_peers=2, parallel=5, force=True,
+    )  # fmt: skip
+    c = Context(config=config)
+    with pytest.raises(Resolved) as caught:
+        tasks_mod.distribute_files(c, tag="v2", timeout="30")
+    s = caught.value.args[0]
+    assert (s.tag, s.timeout) == ("v2", 30.0)  # the flags given win
+    # the flags not given: values that only the config holds
+    assert (s.files_path, s.destination_path) == ("/srv/app", "/srv/releases")
+    assert (s.seed_after, s.max_failed_peers, s.parallel) == (7.0, 2, 5)
+    assert s.force is True  # a switch left off is "not given", not "false"
+    config.murder.force = False
+    with pytest.raises(Resolved) as caught:
+        tasks_mod.distribute_files(c, force=True)
+    assert caught.value.args[0].force is True
+    assert caught.value.args[0].tag == "from-config"
+
+
+def test_the_task_prints_the_report_the_pipeline_returns(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     def fake(c: Any, *, on_event: Any = None, **overrides: Any) -> DeployReport:
-        seen.update(overrides)
         return DeployReport(tag="v2", hosts={"web1": HostReport("web1", ok=True, seconds=1.0)})
 
     monkeypatch.setattr(pipeline, "distribute_files", fake)
-    report = tasks_mod.distribute_files(Context(), tag="v2", force=True, timeout="30")
-    assert seen == {"tag": "v2", "force": True, "timeout": "30"}
+    report = tasks_mod.distribute_files(Context(), tag="v2")
     assert report.succeeded == ["web1"]
+    assert "web1" in capsys.readouterr().out
 
 
 def test_too_many_failures_exit_non_zero_naming_each_host_and_reason(

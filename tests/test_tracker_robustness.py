@@ -153,15 +153,14 @@ def test_bad_http_gets_a_4xx_and_broken_requests_a_closed_connection(
 def test_slowloris_connections_are_closed_after_the_header_timeout(
     tracker: TrackerProcess, first_bytes: bytes
 ) -> None:
-    socks = [connect(tracker.host, tracker.port) for _ in range(10)]
+    # The header timeout (1 s) must fire; the sockets' own 30 s only bounds a hang.
+    socks = [connect(tracker.host, tracker.port, timeout=30.0) for _ in range(10)]
     try:
-        started = time.monotonic()
         for sock in socks:
             sock.sendall(first_bytes)
         still_serves(tracker)  # not stalled while they hang
         for sock in socks:
-            assert sock.recv(1) == b""  # the tracker closed it
-        assert time.monotonic() - started < 5
+            assert sock.recv(1) == b""  # the tracker closed it, having sent nothing
     finally:
         for sock in socks:
             sock.close()
@@ -171,8 +170,10 @@ def test_slowloris_connections_are_closed_after_the_header_timeout(
 def test_a_trickling_client_cannot_hold_a_connection_past_the_timeout(
     tracker: TrackerProcess,
 ) -> None:
+    # A byte every 0.2 s keeps the head coming for about 26 s, many header
+    # timeouts (1 s): it is closed part-way only if the timeout counts from the
+    # start of the head rather than from the last byte.
     with connect(tracker.host, tracker.port) as sock:
-        started = time.monotonic()
         closed = False
         for byte in b"GET /stats HTTP/1.1\r\nX-Slow: " + b"z" * 100:
             try:
@@ -187,18 +188,18 @@ def test_a_trickling_client_cannot_hold_a_connection_past_the_timeout(
                     break
             except TimeoutError:
                 pass
-        assert closed and time.monotonic() - started < 5
+        assert closed
     still_serves(tracker)
 
 
 def test_idle_keep_alive_connections_are_closed(tracker: TrackerProcess) -> None:
-    with connect(tracker.host, tracker.port) as sock:
-        sock.sendall(b"GET /stats HTTP/1.1\r\n\r\n")
-        response, rest = read_response(sock)
-        assert response.status == 200 and rest == b""
-        started = time.monotonic()
-        assert sock.recv(1) == b""
-        assert 1 < time.monotonic() - started < 6
+    # The idle timeout (2 s) must fire; the socket's own 30 s only bounds a hang.
+    with connect(tracker.host, tracker.port, timeout=30.0) as sock:
+        for _ in range(2):  # kept alive: a second request on the link is served
+            sock.sendall(b"GET /stats HTTP/1.1\r\n\r\n")
+            response, rest = read_response(sock)
+            assert response.status == 200 and rest == b""
+        assert sock.recv(1) == b""  # then, left idle, the link is closed
 
 
 def test_connections_beyond_the_cap_get_503_and_others_still_work(

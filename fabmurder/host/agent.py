@@ -18,7 +18,9 @@ import time
 
 from fabmurder.errors import ConfigError, MurderError
 from fabmurder.host import metainfo, profile
+from fabmurder.host.reporter import Reporter
 from fabmurder.host.statusfile import write_status
+from fabmurder.redact import redact
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -168,6 +170,13 @@ class Agent:
         #: the tracker's last announce or scrape failed; when to announce next
         self.tracker_lost = False
         self.next_announce = time.monotonic() + REANNOUNCE_INTERVAL
+        #: progress reports to the tracker, when the control side asked for them
+        self.reporter: Reporter | None = None
+        report_id = getattr(args, "report_id", None)
+        if report_id and meta.announce:
+            self.reporter = Reporter(
+                meta.announce, bytes.fromhex(meta.info_hash), report_id, args.bind
+            )
 
     # -- status file ---------------------------------------------------
 
@@ -181,6 +190,8 @@ class Agent:
         self.status["cpu_seconds"] = round(time.process_time(), 3)
         self.status["loop_cpu_seconds"] = round(time.thread_time(), 3)
         write_status(self.args.status_file, self.status)
+        if self.reporter is not None:
+            self.reporter.offer(self.status)
 
     def set_state(self, state: str, error: str | None = None) -> None:
         """Move to ``state`` and write the status file at once."""
@@ -270,7 +281,7 @@ class Agent:
                 self.tracker_lost = False
             elif isinstance(alert, lt.tracker_error_alert | lt.scrape_failed_alert):
                 if not self.tracker_lost:
-                    print(f"tracker: {alert.message()}", flush=True)
+                    print(f"tracker: {redact(alert.message())}", flush=True)
                 self.tracker_lost = True
                 self.next_announce = min(self.next_announce, time.monotonic() + REANNOUNCE_RETRY)
         self._reannounce()
@@ -287,7 +298,11 @@ class Agent:
         now = time.monotonic()
         if self.handle is None or now < self.next_announce or not self.handle.is_valid():
             return
-        self.handle.force_reannounce()
+        import libtorrent as lt  # loaded by open_session already: a dict lookup
+
+        # Without ignore_min_interval, libtorrent obeys the tracker's "min interval"
+        # (900 s by default) and this re-announce would not happen at all.
+        self.handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
         self.next_announce = now + (REANNOUNCE_RETRY if self.tracker_lost else REANNOUNCE_INTERVAL)
 
     def wait_alert(self, kinds: tuple[type, ...], timeout: float, strict: bool = True) -> Any:
@@ -340,18 +355,19 @@ class Agent:
         )
 
     def close(self) -> None:
-        """Leave the swarm gracefully: announce ``stopped`` and close the session."""
-        if self.ses is None:
-            return
-        import libtorrent as lt
+        """Leave the swarm: announce ``stopped``, close the session, send the last report."""
+        if self.ses is not None:
+            import libtorrent as lt
 
-        if self.handle is not None:
-            self.ses.remove_torrent(self.handle)
-            self.wait_alert((lt.torrent_removed_alert,), 3.0, strict=False)
-            self.refresh_now()
-        # Deleting the session waits (up to stop_tracker_timeout) for the stopped announce.
-        self.ses = None
-        self.handle = None
+            if self.handle is not None:
+                self.ses.remove_torrent(self.handle)
+                self.wait_alert((lt.torrent_removed_alert,), 3.0, strict=False)
+                self.refresh_now()
+            # Deleting the session waits (up to stop_tracker_timeout) for the stopped announce.
+            self.ses = None
+            self.handle = None
+        if self.reporter is not None:
+            self.reporter.close()
 
     def refresh_now(self) -> None:
         """Refresh the counters regardless of the write interval."""

@@ -12,6 +12,7 @@ import fcntl
 import os
 
 from fabmurder.errors import ConfigError
+from fabmurder.host import privatedir
 from fabmurder.host.atomic import replace_file
 from fabmurder.host.cli import EXIT_OK, emit, run
 
@@ -79,8 +80,7 @@ def update(
     add = validate_info_hash(add) if add is not None else None
     remove = validate_info_hash(remove) if remove is not None else None
     token = validate_token(token) if token is not None else None
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    directory = privatedir.ensure(os.path.dirname(os.path.abspath(path)))
     # A lock beside the file serialises concurrent edits; the rename keeps readers safe.
     with open(os.path.join(directory, "." + os.path.basename(path) + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

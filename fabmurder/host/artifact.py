@@ -135,13 +135,52 @@ def pack(src: str, out_path: str) -> Packed:
     return Packed(path=out_path, sha256=writer.digest.hexdigest(), size=writer.size, files=files)
 
 
+def claim_download(path: str) -> None:
+    """Make the file a download will fill: ours, private (0600), and not through a symlink.
+
+    libtorrent creates missing files with the process's umask (0644 under
+    022), which would let any local user read the release before it is
+    installed, files that are 0600 inside it included. An existing file (a
+    resumed download) is kept and made private.
+
+    :raises ArtifactError: if ``path`` is a symlink, not a regular file, or
+        belongs to someone else.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ArtifactError(f"cannot create the download {path}: {exc}", path=path) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise ArtifactError(f"the download {path} is not a file of this user's", path=path)
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def _hash_stream(fh: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    while chunk := fh.read(CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
 def sha256_file(path: str) -> str:
     """Return the SHA-256 of the file at ``path`` in hex."""
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return _hash_stream(fh)
+
+
+def _expected(expected_sha256: str, path: str) -> str:
+    expected = expected_sha256.strip().lower()
+    if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
+        raise ArtifactError(f"expected SHA-256 {expected_sha256!r} is not 64 hex digits", path)
+    return expected
+
+
+def _mismatch(path: str, expected: str, actual: str) -> ArtifactError:
+    return ArtifactError(f"SHA-256 mismatch for {path}: expected {expected}, got {actual}", path)
 
 
 def verify(path: str, expected_sha256: str) -> str:
@@ -149,15 +188,41 @@ def verify(path: str, expected_sha256: str) -> str:
 
     :raises ArtifactError: on a mismatch or a malformed expected value.
     """
-    expected = expected_sha256.strip().lower()
-    if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
-        raise ArtifactError(f"expected SHA-256 {expected_sha256!r} is not 64 hex digits", path)
+    expected = _expected(expected_sha256, path)
     actual = sha256_file(path)
     if actual != expected:
-        raise ArtifactError(
-            f"SHA-256 mismatch for {path}: expected {expected}, got {actual}", path=path
-        )
+        raise _mismatch(path, expected, actual)
     return actual
+
+
+def open_verified(path: str, expected_sha256: str) -> IO[bytes]:
+    """Open ``path`` (never through a symlink), check its SHA-256, and return it rewound.
+
+    Hand the open file to :func:`extract`: what was hashed is then what is
+    extracted, even if someone who can write the directory swaps the path in
+    between (a rename does not change an open file's inode).
+
+    :raises ArtifactError: on a mismatch, a malformed expected value, a
+        symlink or anything but a regular file at ``path``.
+    """
+    expected = _expected(expected_sha256, path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ArtifactError(f"cannot open tarball {path}: {exc}", path=path) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ArtifactError(f"tarball {path} is not a regular file", path=path)
+    fh = os.fdopen(fd, "rb")
+    try:
+        actual = _hash_stream(fh)
+        if actual != expected:
+            raise _mismatch(path, expected, actual)
+        fh.seek(0)
+    except BaseException:
+        fh.close()
+        raise
+    return fh
 
 
 def _inside(root: str, path: str) -> bool:
@@ -309,9 +374,16 @@ def _write_marker(dest: str, tag: str, sha256: str) -> None:
 
 
 def extract(
-    tarball: str, dest: str, tag: str, *, force: bool = False, sha256: str | None = None
+    tarball: str | IO[bytes],
+    dest: str,
+    tag: str,
+    *,
+    force: bool = False,
+    sha256: str | None = None,
 ) -> str:
-    """Extract ``tarball`` to ``dest/<tag>`` atomically and return that path.
+    """Extract ``tarball`` (a path, or a file from :func:`open_verified`) to ``dest/<tag>``.
+
+    Returns ``dest/<tag>``.
 
     The members are written into ``dest/.<tag>.partial-<random>``, checked
     one by one, and the directory is renamed to ``dest/<tag>`` only once
@@ -330,17 +402,21 @@ def extract(
     if os.path.lexists(final) and not force:
         raise ArtifactError(f"destination {final} already exists; use force to replace it", final)
     os.makedirs(dest, exist_ok=True)
+    name = tarball if isinstance(tarball, str) else str(getattr(tarball, "name", "tarball"))
     try:
-        tar = _SafeTar.open(tarball, mode="r:")
+        if isinstance(tarball, str):
+            tar = _SafeTar.open(tarball, mode="r:")
+        else:
+            tar = _SafeTar.open(fileobj=tarball, mode="r:")
     except (tarfile.TarError, OSError) as exc:
-        raise ArtifactError(f"cannot read tarball {tarball}: {exc}", path=tarball) from exc
+        raise ArtifactError(f"cannot read tarball {name}: {exc}", path=name) from exc
     # Every failure to restore a mode or a time is an error, not a warning.
     tar.errorlevel = 2
     with tar:
         try:
             members = tar.getmembers()
         except tarfile.TarError as exc:
-            raise ArtifactError(f"corrupt tarball {tarball}: {exc}", path=tarball) from exc
+            raise ArtifactError(f"corrupt tarball {name}: {exc}", path=name) from exc
         need, free = _required_bytes(members), _free_bytes(dest)
         if need > free:
             raise ArtifactError(

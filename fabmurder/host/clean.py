@@ -14,7 +14,7 @@ import os
 
 from fabmurder.contract import TRACKER_PID, classify
 from fabmurder.errors import MurderError
-from fabmurder.host import daemon
+from fabmurder.host import daemon, privatedir
 from fabmurder.host.cli import EXIT_OK, emit, run
 from fabmurder.tags import validate_tag
 
@@ -48,11 +48,12 @@ def clean(temp_path: str, tag: str | None = None) -> dict[str, Any]:
     """
     if tag is not None:
         validate_tag(tag)
+    if not os.path.lexists(temp_path):
+        return {"temp_path": temp_path, "removed": [], "kept": []}
     if not os.path.isdir(temp_path):
-        if not os.path.lexists(temp_path):
-            return {"temp_path": temp_path, "removed": [], "kept": []}
         raise MurderError(f"temp_path {temp_path} is not a directory")
-    root = os.path.realpath(temp_path)
+    # Never sweep a shared or someone else's directory for names that look like ours.
+    root = os.path.realpath(privatedir.ensure(temp_path, create=False))
     live = live_tags(root)
     if tag is not None and tag in live:
         raise MurderError(

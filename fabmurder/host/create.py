@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from fabmurder.host import artifact, metainfo
+from fabmurder.host import artifact, metainfo, privatedir
 from fabmurder.host.cli import EXIT_OK, emit, run
 from fabmurder.tags import validate_tag
 
@@ -38,7 +38,7 @@ def create_release(
     validate_tag(tag)
     if piece_size is not None:
         metainfo.check_piece_size(piece_size)
-    os.makedirs(out_dir, exist_ok=True)
+    privatedir.ensure(out_dir)
     tarball = os.path.join(out_dir, f"{tag}.tar")
     torrent = os.path.join(out_dir, f"{tag}.torrent")
     packed = artifact.pack(src, tarball)

@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 
+from fabmurder.host import privatedir
 from fabmurder.host.atomic import replace_file
 from fabmurder.host.cli import EXIT_FAILED, EXIT_OK, EXIT_RUNNING, EXIT_USAGE, emit, fail
 
@@ -67,8 +68,17 @@ def _is_zombie(pid: int) -> bool:
     return data[data.rfind(b")") + 2 :].split()[:1] == [b"Z"]
 
 
+#: the key :func:`read_pid_file` adds to a record: the file it was read from
+#: (set by the reader, never taken from the file's content)
+READ_FROM = "read_from"
+
+
 def read_pid_file(path: str) -> dict[str, Any] | None:
-    """Return the PID file's record, or None if it is missing or malformed."""
+    """Return the PID file's record, or None if it is missing or malformed.
+
+    The record gets :data:`READ_FROM`, so that :func:`is_ours` can check
+    that the process was started for this very PID file.
+    """
     try:
         with open(path, encoding="utf-8") as fh:
             record = json.load(fh)
@@ -82,6 +92,7 @@ def read_pid_file(path: str) -> dict[str, Any] | None:
         or not isinstance(record.get("starttime"), int)
     ):
         return None
+    record[READ_FROM] = os.path.abspath(path)
     return record
 
 
@@ -94,22 +105,54 @@ def is_agent_cmdline(argv: list[str]) -> bool:
     return any(a == "-m" and b == "fabmurder" for a, b in zip(argv, argv[1:], strict=False))
 
 
+def _started_for(pid: int, argv: list[str], pid_file: str) -> bool:
+    """Tell whether ``argv`` (of ``pid``) is a ``daemon start`` for ``pid_file``."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == "--pid-file" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--pid-file="):
+            value = arg.split("=", 1)[1]
+        if value is not None:
+            break
+    if value is None:
+        return False
+    if not os.path.isabs(value):
+        try:
+            value = os.path.join(os.readlink(f"/proc/{pid}/cwd"), value)
+        except OSError:
+            return False
+    return os.path.realpath(value) == os.path.realpath(pid_file)
+
+
 def is_ours(record: dict[str, Any] | None) -> bool:
     """Return True if the process named by a PID-file record is alive and is that very process.
 
     The start time must match field 22 of ``/proc/<pid>/stat``, the command
     line must be a fabmurder agent's (``-m fabmurder``) and, when the record
-    holds one, equal to the recorded ``argv``: a recycled or forged PID never
-    passes.
+    holds one, equal to the recorded ``argv``: a recycled PID never passes.
+    Start time and command line are public (``/proc`` is world-readable), so
+    they alone do not stop a forged record. The process must also run as
+    this user, and one read from a PID file must have been started for that
+    file (``daemon start --pid-file <it>``): a ``peer-<tag>.pid`` that names
+    the tracker does not make a stop of the peers kill the tracker.
     """
     if not record:
         return False
     pid = record["pid"]
     if proc_starttime(pid) != record["starttime"] or _is_zombie(pid):
         return False
+    try:
+        if os.stat(f"/proc/{pid}").st_uid != os.geteuid():
+            return False
+    except OSError:
+        return False
     argv = proc_cmdline(pid)
     recorded = record.get("argv")
     if isinstance(recorded, list) and recorded and recorded != argv:
+        return False
+    pid_file = record.get(READ_FROM)
+    if isinstance(pid_file, str) and not _started_for(pid, argv, pid_file):
         return False
     return is_agent_cmdline(argv)
 
@@ -158,7 +201,9 @@ def _child(command: list[str], pid_file: str, log: str, write_fd: int) -> None:
         os._exit(0)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
-    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    # O_NOFOLLOW: a symlink planted at the log's name must not make the deploy
+    # user append to a file someone else chose (``start`` refuses it first).
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.close(null)
@@ -199,8 +244,11 @@ def start(command: list[str], pid_file: str, log: str, ready_timeout: float) -> 
         return EXIT_RUNNING
     if os.path.lexists(pid_file):
         os.unlink(pid_file)
-    for path in (pid_file, log):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if os.path.islink(log):
+        fail(f"refusing to write the log {log}: it is a symlink")
+        return EXIT_FAILED
+    for directory in {os.path.dirname(os.path.abspath(p)) for p in (pid_file, log)}:
+        privatedir.ensure(directory)
     log_start = os.path.getsize(log) if os.path.exists(log) else 0
     read_fd, write_fd = os.pipe()
     os.set_inheritable(write_fd, True)

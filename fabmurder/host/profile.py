@@ -54,6 +54,9 @@ DATACENTER: dict[str, Any] = {
     "connections_limit": 2000,
     "unchoke_slots_limit": -1,
     "max_peerlist_size": 10000,
+    # Ask the tracker for this many peers: a seeder must learn every leecher
+    # (the tracker gives a peer that joined as a seeder up to 5000).
+    "num_want": 2000,
     "connection_speed": 200,
     "torrent_connect_boost": 200,
     "min_reconnect_time": 1,

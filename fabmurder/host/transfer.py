@@ -16,12 +16,16 @@ import argparse
 import os
 import time
 
-from fabmurder.errors import ArtifactError, MurderError
-from fabmurder.host import artifact, metainfo, profile
+from fabmurder.errors import ArtifactError, ConfigError, MurderError
+from fabmurder.host import artifact, metainfo, privatedir, profile
 from fabmurder.host.agent import Agent, StopFlag
-from fabmurder.host.cli import EXIT_FAILED, EXIT_OK, fail, run
+from fabmurder.host.cli import EXIT_FAILED, EXIT_OK, fail, raise_fd_limit, run
 from fabmurder.host.daemon import notify_ready
 from fabmurder.tags import validate_tag
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO
 
 #: how often a finished peer asks the tracker whether anyone still downloads
 SCRAPE_INTERVAL = 1.0
@@ -81,6 +85,8 @@ def peer(agent: Agent) -> int:
         )
     started = time.monotonic()
     deadline = started + args.timeout
+    privatedir.ensure(args.save_path)
+    artifact.claim_download(os.path.join(args.save_path, agent.meta.name))
     agent.set_state("checking")
     agent.open_session()
     notify_ready()
@@ -103,9 +109,9 @@ def peer(agent: Agent) -> int:
     agent.set_state("verifying")
     _flush(agent)
     tarball = os.path.join(args.save_path, agent.meta.name)
-    _verify(agent, tarball)
-    agent.set_state("extracting")
-    artifact.extract(tarball, args.dest, args.tag, force=args.force, sha256=args.sha256)
+    with _open_verified(agent, tarball) as verified:
+        agent.set_state("extracting")
+        artifact.extract(verified, args.dest, args.tag, force=args.force, sha256=args.sha256)
     agent.status["installed"] = True
     agent.status["installed_at"] = time.time()
     agent.set_state("seeding")
@@ -170,18 +176,20 @@ def _flush(agent: Agent) -> None:
         agent.pump()
 
 
-def _verify(agent: Agent, tarball: str) -> None:
-    """Check the tarball's SHA-256, once more after another flush if it does not match.
+def _open_verified(agent: Agent, tarball: str) -> IO[bytes]:
+    """Open the tarball and check its SHA-256, once more after another flush if it does not match.
 
     The second look costs one more read only when something is wrong, and
     tells a write still in flight apart from a genuinely different artifact.
+    The open file is what gets extracted, so a swap of the path after the
+    check changes nothing.
     """
     try:
-        artifact.verify(tarball, agent.args.sha256)
+        return artifact.open_verified(tarball, agent.args.sha256)
     except ArtifactError as first:
         print(f"verification failed, flushing and checking again: {first}", flush=True)
         _flush(agent)
-        artifact.verify(tarball, agent.args.sha256)
+        return artifact.open_verified(tarball, agent.args.sha256)
 
 
 def _linger(agent: Agent, seed_after: float) -> None:
@@ -221,6 +229,11 @@ def parser(role: str) -> argparse.ArgumentParser:
     p.add_argument("--upload-rate-limit", type=int, default=0)
     p.add_argument("--settings", default=None, help="libtorrent setting overrides as JSON")
     p.add_argument("--tag", required=role == "peer", default=None)
+    p.add_argument(
+        "--report-id",
+        default=None,
+        help="report progress to the tracker under this id (letters, digits, '-')",
+    )
     if role == "peer":
         p.add_argument("--sha256", required=True)
         p.add_argument("--dest", required=True)
@@ -248,12 +261,19 @@ def main(argv: list[str]) -> int:
     def body(args: argparse.Namespace) -> int:
         if args.tag is not None:
             validate_tag(args.tag)
+        rid = args.report_id
+        if rid is not None and not (
+            0 < len(rid) <= 64 and rid.isascii() and rid.replace("-", "").isalnum()
+        ):
+            raise ConfigError("--report-id must be 1-64 letters, digits or '-'", key="report_id")
         meta = metainfo.read(args.torrent, tag=args.tag)
-        profile.settings(args.bind, args.port, profile.parse_overrides(args.settings))
+        pack = profile.settings(args.bind, args.port, profile.parse_overrides(args.settings))
+        # libtorrent keeps about 0.8 x (soft limit - 20) connections: let it reach its own cap.
+        raise_fd_limit(int(pack["connections_limit"]) * 5 // 4 + 64)
         StopFlag.requested = False
         StopFlag.install()
         try:
-            os.makedirs(os.path.dirname(os.path.abspath(args.status_file)), exist_ok=True)
+            privatedir.ensure(os.path.dirname(os.path.abspath(args.status_file)))
         except OSError as exc:
             raise MurderError(f"cannot create the status file's directory: {exc}") from exc
         agent = Agent(role, args, meta)

@@ -60,6 +60,16 @@ printf 'quoted\n' > "$1/it's a \"name\".txt"
 head -c "$2" /dev/urandom > "$1/lib/blob.bin"
 """
 
+#: GET a URL (an HTTP error is an answer too); print the status and the body in hex
+HTTP_GET = r"""
+import sys, urllib.request, urllib.error
+try:
+    r = urllib.request.urlopen(sys.argv[1], timeout=5)
+    code, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    code, body = e.code, e.read()
+sys.stdout.write(str(code) + " " + body.hex())
+"""
 
 #: poll a condition until it is truthy, with a deadline (the fleet's own helper)
 wait_for = wait_until
@@ -246,6 +256,12 @@ class DeployKit:
         self.sh(host, f"kill -{int(sig)} {pid}")
         wait_for(lambda: not self.alive(host, pid), 10, f"pid {pid} to die")
         return pid
+
+    def http_get(self, host: Host | int, url: str) -> tuple[int, bytes]:
+        """GET ``url`` from inside ``host``; return the HTTP status and body."""
+        out = self.fleet.run_in(host, ["/usr/bin/python3", "-c", HTTP_GET, url]).stdout
+        code, _, body = out.partition(" ")
+        return int(code), bytes.fromhex(body)
 
     def read_bytes(self, host: Host | int, path: str) -> bytes:
         """Return the content of ``path`` on ``host``."""

@@ -247,6 +247,18 @@ class Fleet:
         down(self.name)
 
 
+def sibling_name(base: str, suffix: str) -> str:
+    """Return the name of another fleet of the session whose fleet is called ``base``.
+
+    It is ``suffix`` (two characters ``a-z0-9``) after the first three of
+    ``base``, so that sessions whose names differ there never bring up, or
+    tear down, each other's extra fleets.
+    """
+    if len(suffix) != 2 or not suffix.isascii() or not suffix.isalnum() or suffix != suffix.lower():
+        raise FleetError(f"a sibling suffix is two characters a-z0-9, not {suffix!r}")
+    return net.validate_name(base[:3] + suffix)
+
+
 def state_dir(name: str) -> Path:
     return Path(net.RUN_DIR) / f"fleet-{net.validate_name(name)}"
 

@@ -6,7 +6,9 @@ complete request is answered synchronously inside ``data_received`` by the
 ``route`` callable, so replies leave in request order and nothing waits on
 I/O while the tracker's state changes. A request head is at most
 ``MAX_HEAD`` bytes; timeouts are enforced by the server's reaper, which
-reads :attr:`Connection.started`.
+reads :attr:`Connection.started`. :class:`Registry` holds the open
+connections and caps them in all and per client address, so that one noisy
+host cannot take every slot.
 """
 
 from __future__ import annotations
@@ -31,6 +33,46 @@ JSON = b"application/json"
 Reply = tuple[int, bytes, bytes]  # status, content type, body
 
 
+class Registry:
+    """The open connections, capped in all and per client address."""
+
+    __slots__ = ("open", "per_ip", "max_total", "max_per_ip", "refused")
+
+    def __init__(self, max_total: int, max_per_ip: int) -> None:
+        self.open: set[Connection] = set()
+        self.per_ip: dict[str, int] = {}
+        self.max_total = max_total
+        self.max_per_ip = max_per_ip
+        #: connections refused at a cap since the start
+        self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self.open)
+
+    def admit(self, conn: Connection) -> bytes | None:
+        """Register ``conn``; return why it is refused instead, when a cap is reached."""
+        if len(self.open) >= self.max_total:
+            self.refused += 1
+            return b"too many connections\n"
+        count = self.per_ip.get(conn.ip, 0)
+        if count >= self.max_per_ip:
+            self.refused += 1
+            return b"too many connections from your address\n"
+        self.per_ip[conn.ip] = count + 1
+        self.open.add(conn)
+        return None
+
+    def forget(self, conn: Connection) -> None:
+        """Drop ``conn`` (closed, reaped or lost); idempotent."""
+        if conn in self.open:
+            self.open.discard(conn)
+            left = self.per_ip[conn.ip] - 1
+            if left:
+                self.per_ip[conn.ip] = left
+            else:
+                del self.per_ip[conn.ip]
+
+
 def response(status: int, ctype: bytes, body: bytes, keep_alive: bool) -> bytes:
     """Format one whole HTTP/1.1 response."""
     return b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
@@ -48,8 +90,7 @@ class Connection(asyncio.Protocol):
 
     __slots__ = (
         "route",
-        "connections",
-        "max_connections",
+        "registry",
         "transport",
         "ip",
         "buf",
@@ -57,17 +98,12 @@ class Connection(asyncio.Protocol):
         "served",
         "paused",
         "closing",
+        "erred",
     )
 
-    def __init__(
-        self,
-        route: Callable[[bytes, str], Reply],
-        connections: set[Connection],
-        max_connections: int,
-    ) -> None:
+    def __init__(self, route: Callable[[bytes, str], Reply], registry: Registry) -> None:
         self.route = route
-        self.connections = connections
-        self.max_connections = max_connections
+        self.registry = registry
         self.transport: asyncio.Transport | None = None
         self.ip = ""
         self.buf = b""
@@ -75,25 +111,25 @@ class Connection(asyncio.Protocol):
         self.served = 0
         self.paused = False
         self.closing = False
+        #: the last reply was an error (4xx/5xx): the reaper gives it less idle time
+        self.erred = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Register the connection, or refuse it when the cap is reached."""
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        conns = self.connections
-        if len(conns) >= self.max_connections:
-            self.closing = True
-            transport.write(response(503, PLAIN, b"too many connections\n", False))
-            transport.close()
-            return
-        conns.add(self)
         peer = transport.get_extra_info("peername")
         ip = peer[0] if peer else ""
         self.ip = ip[7:] if ip.startswith("::ffff:") else ip
+        refused = self.registry.admit(self)
+        if refused is not None:
+            self.closing = True
+            transport.write(response(503, PLAIN, refused, False))
+            transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the connection."""
-        self.connections.discard(self)
+        self.registry.forget(self)
 
     def pause_writing(self) -> None:
         """Stop reading while the client does not read its replies."""
@@ -181,6 +217,7 @@ class Connection(asyncio.Protocol):
                 target = target[slash:] if slash >= 0 else b"/"
             status, ctype, body = self.route(target, self.ip)
             self.served += 1
+            self.erred = status >= 400
             transport.write(response(status, ctype, body, keep_alive))
             if not keep_alive:
                 self.closing = True

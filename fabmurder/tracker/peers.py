@@ -29,6 +29,7 @@ class Peer:
         "rack",
         "last_seen",
         "counted",
+        "initial_seed",
         "pos",
     )
 
@@ -42,6 +43,8 @@ class Peer:
         self.left = -1  # not yet in any list
         self.last_seen = 0.0
         self.counted = False
+        #: joined with the whole content (the deploy's seeder), not finished here
+        self.initial_seed = False
         # index in [swarm-wide list, rack list]
         self.pos = [0, 0]
 

@@ -9,9 +9,11 @@ until SIGTERM or SIGINT and then exits 0.
 synchronously, so the state is changed and the reply computed without an
 ``await`` and nothing is ever held across I/O. :class:`TrackerServer` owns
 the listening socket and the housekeeping: it drops connections that do not
-send a whole request head within ``--header-timeout`` seconds (slowloris)
-or idle longer than ``--idle-timeout``, and expires silent peers. Caps bound
-connections, swarms and peers per swarm.
+send a whole request head within ``--header-timeout`` seconds (slowloris),
+idle longer than ``--idle-timeout``, or idle longer than ``--error-idle-timeout``
+after an error reply, and expires silent peers. Caps bound connections (in all
+and per client address), swarms, peers per swarm and peers per address in a
+swarm. ``/metrics`` serves counters in Prometheus' text format.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import contextlib
 import hmac
 import json
 import logging
-import resource
 import signal
 import socket
 import time
@@ -31,9 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fabmurder.errors import ConfigError
+from fabmurder.host.cli import raise_fd_limit
 from fabmurder.host.daemon import notify_ready
 from fabmurder.tracker.allow import AllowList
-from fabmurder.tracker.connection import JSON, PLAIN, Connection, Reply
+from fabmurder.tracker.connection import JSON, PLAIN, Connection, Registry, Reply
+from fabmurder.tracker.metrics import Counters, render
+from fabmurder.tracker.progress import Progress, parse_report, parse_since
 from fabmurder.tracker.protocol import (
     RequestError,
     encode_compact,
@@ -65,8 +69,12 @@ class TrackerConfig:
     racks: str | None = None
     accept_ip_param: bool = False
     max_connections: int = 4096
+    max_connections_per_ip: int = 256
     header_timeout: float = 5.0
     idle_timeout: float = 30.0
+    error_idle_timeout: float = 2.0
+    #: seconds without a report after which a reporter is marked silent
+    report_silence: float = 15.0
     limits: Limits = field(default_factory=Limits)
 
 
@@ -78,29 +86,50 @@ class Tracker:
         self.limits = config.limits
         racks = RackMap.from_file(config.racks) if config.racks else RackMap({})
         self.swarms = Swarms(self.limits, racks.rack_of, config.accept_ip_param)
+        self.counters = Counters()
+        self.progress = Progress(self.limits.max_swarms, self.limits.max_peers_per_swarm)
+        #: the open connections; the server sets it, the metrics read it
+        self.registry: Registry | None = None
         self.allow: AllowList | None = None
         if config.allow_file:
             self.allow = AllowList(config.allow_file)
-            self.allow.on_change = self.swarms.keep_only
+            self.allow.on_change = self._keep_only
         suffix = b"/" + config.token.encode() if config.token else b""
         self.routes: dict[bytes, Handler] = {
             b"/announce" + suffix: self.announce,
             b"/scrape" + suffix: self.scrape,
             b"/stats" + suffix: self.stats,
+            b"/metrics" + suffix: self.metrics,
+            b"/progress" + suffix: self.progress_view,
         }
+        if not config.token:
+            # An open tracker takes reports openly too; with a token, only
+            # under a deploy token (below).
+            self.routes[b"/report"] = self.report
+
+    def _keep_only(self, allowed: frozenset[bytes]) -> None:
+        self.swarms.keep_only(allowed)
+        self.progress.keep_only(allowed)
 
     def route(self, target: bytes, ip: str) -> Reply:
         """Answer one GET request for ``target`` from address ``ip``."""
         path, _, query = target.partition(b"?")
         handler = self.routes.get(path)
         if handler is not None:
-            return handler(query, ip)
-        deploy = self._deploy_token(path)
-        if deploy is not None:
-            if path.startswith(b"/announce/"):
-                return self.announce(query, ip, deploy)
-            return self.scrape(query, ip, deploy)
-        return 404, PLAIN, NOT_FOUND
+            reply = handler(query, ip)
+        else:
+            deploy = self._deploy_token(path)
+            if deploy is None:
+                reply = (404, PLAIN, NOT_FOUND)
+            elif path.startswith(b"/announce/"):
+                reply = self.announce(query, ip, deploy)
+            elif path.startswith(b"/report/"):
+                reply = self.report(query, ip, deploy)
+            else:
+                reply = self.scrape(query, ip, deploy)
+        if reply[0] == 404:
+            self.counters.not_found += 1
+        return reply
 
     def _deploy_token(self, path: bytes) -> str | None:
         """Return the deploy token of ``/announce/<T>`` or ``/scrape/<T>``, if such paths apply.
@@ -113,7 +142,7 @@ class Tracker:
         """
         if not self.config.token or self.allow is None:
             return None
-        for prefix in (b"/announce/", b"/scrape/"):
+        for prefix in (b"/announce/", b"/scrape/", b"/report/"):
             if path.startswith(prefix):
                 token = path[len(prefix) :]
                 if token and b"/" not in token and token.isascii():
@@ -138,6 +167,7 @@ class Tracker:
                 raise RequestError("info_hash is not served by this tracker")
             result = self.swarms.announce(req, ip, time.monotonic())
         except RequestError as exc:
+            self.counters.failures += 1
             if deploy is not None:
                 return 404, PLAIN, NOT_FOUND
             return 200, PLAIN, encode_failure(str(exc))
@@ -169,9 +199,11 @@ class Tracker:
 
     def scrape(self, query: bytes, ip: str, deploy: str | None = None) -> Reply:
         """Handle ``/scrape`` (BEP 48), or ``/scrape/<deploy token>`` for its swarms only."""
+        self.counters.scrapes += 1
         try:
             hashes = parse_scrape(query)
         except RequestError as exc:
+            self.counters.failures += 1
             if deploy is not None:
                 return 404, PLAIN, NOT_FOUND
             return 200, PLAIN, encode_failure(str(exc))
@@ -190,6 +222,39 @@ class Tracker:
         body = json.dumps({"swarms": self.swarms.stats()}, sort_keys=True).encode()
         return 200, JSON, body
 
+    def report(self, query: bytes, ip: str, deploy: str | None = None) -> Reply:
+        """Handle ``/report`` (or ``/report/<deploy token>``): one agent's progress."""
+        try:
+            req = parse_report(query)
+            if not self._deploy_allows(req.info_hash, deploy):
+                return 404, PLAIN, NOT_FOUND
+            if self.allow is not None and req.info_hash not in self.allow:
+                raise RequestError("info_hash is not served by this tracker")
+            self.progress.add(req, ip, time.monotonic())
+        except RequestError as exc:
+            self.counters.failures += 1
+            if deploy is not None:
+                return 404, PLAIN, NOT_FOUND
+            return 400, PLAIN, f"{exc}\n".encode()
+        return 200, PLAIN, b"ok\n"
+
+    def progress_view(self, query: bytes, ip: str) -> Reply:
+        """Handle ``/progress``: a swarm's totals and the reports changed since ``since``."""
+        try:
+            info_hash, since = parse_since(query)
+        except RequestError as exc:
+            self.counters.failures += 1
+            return 400, PLAIN, f"{exc}\n".encode()
+        body = json.dumps(self.progress.view(info_hash, since), sort_keys=True).encode()
+        return 200, JSON, body
+
+    def metrics(self, query: bytes, ip: str) -> Reply:
+        """Handle ``/metrics``: counters and gauges in Prometheus' text format."""
+        registry = self.registry
+        connections = (len(registry), registry.refused) if registry is not None else (0, 0)
+        body = render(self.swarms, self.counters, *connections)
+        return 200, b"text/plain; version=0.0.4", body
+
 
 class TrackerServer:
     """The listening socket, its connections and the housekeeping timers."""
@@ -197,7 +262,8 @@ class TrackerServer:
     def __init__(self, config: TrackerConfig) -> None:
         self.config = config
         self.tracker = Tracker(config)
-        self.connections: set[Connection] = set()
+        self.registry = Registry(config.max_connections, config.max_connections_per_ip)
+        self.tracker.registry = self.registry
         self._server: asyncio.base_events.Server | None = None
 
     @property
@@ -210,7 +276,7 @@ class TrackerServer:
         """Listen on the configured address."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: Connection(self.tracker.route, self.connections, self.config.max_connections),
+            lambda: Connection(self.tracker.route, self.registry),
             host=self.config.bind,
             port=self.config.port,
             reuse_address=True,
@@ -221,14 +287,23 @@ class TrackerServer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def reap(self, now: float) -> None:
-        """Close connections that are too slow to send a request, or idle too long."""
-        header, idle = self.config.header_timeout, self.config.idle_timeout
-        for conn in list(self.connections):
-            limit = header if (conn.buf or not conn.served or conn.closing) else idle
+        """Close connections that are too slow to send a request, or idle too long.
+
+        A connection whose last reply was an error gets ``error_idle_timeout``
+        rather than ``idle_timeout``: a client that keeps a link open with
+        requests nobody serves must not hold a slot for long.
+        """
+        config = self.config
+        header, idle, erred = config.header_timeout, config.idle_timeout, config.error_idle_timeout
+        for conn in list(self.registry.open):
+            if conn.buf or not conn.served or conn.closing:
+                limit = header
+            else:
+                limit = erred if conn.erred else idle
             if now - conn.started > limit and conn.transport is not None:
                 conn.closing = True
                 conn.transport.abort()
-                self.connections.discard(conn)
+                self.registry.forget(conn)
 
     async def housekeeping(self) -> None:
         """Reap slow connections every second and expire stale peers regularly."""
@@ -240,6 +315,7 @@ class TrackerServer:
             self.reap(now)
             if self.tracker.allow is not None:
                 self.tracker.allow.refresh()
+            self.tracker.progress.mark_silent(now - self.config.report_silence)
             if now >= next_sweep:
                 self.tracker.swarms.expire(now)
                 next_sweep = now + sweep_every
@@ -249,10 +325,10 @@ class TrackerServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        for conn in list(self.connections):
+        for conn in list(self.registry.open):
             if conn.transport is not None:
                 conn.transport.abort()
-        self.connections.clear()
+            self.registry.forget(conn)
 
 
 async def serve(config: TrackerConfig, stop: asyncio.Event | None = None) -> None:
@@ -293,14 +369,6 @@ async def serve(config: TrackerConfig, stop: asyncio.Event | None = None) -> Non
         )
 
 
-def _raise_fd_limit(wanted: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Return the tracker's argument parser."""
     parser = argparse.ArgumentParser(
@@ -317,11 +385,31 @@ def build_parser() -> argparse.ArgumentParser:
     add("--racks", default=None, help="file of 'CIDR rackname' lines (default rack: the /24)")
     add("--accept-ip-param", action="store_true", help="use a valid IPv4 'ip' parameter")
     add("--numwant-cap", type=int, default=50, help="most peers in one reply")
+    add(
+        "--seeder-numwant-cap",
+        type=int,
+        default=5000,
+        help="most peers in one reply to a peer that joined as a seeder",
+    )
     add("--max-swarms", type=int, default=1000, help="most swarms tracked at once")
     add("--max-peers-per-swarm", type=int, default=50000, help="most peers in one swarm")
+    add("--max-peers-per-ip", type=int, default=256, help="most peers of one address in a swarm")
     add("--max-connections", type=int, default=4096, help="most open client connections")
+    add("--max-connections-per-ip", type=int, default=256, help="most connections of one address")
     add("--header-timeout", type=float, default=5.0, help="seconds to send a request head")
     add("--idle-timeout", type=float, default=30.0, help="seconds a keep-alive link may idle")
+    add(
+        "--report-silence",
+        type=float,
+        default=15.0,
+        help="seconds without a progress report before a reporter counts as silent",
+    )
+    add(
+        "--error-idle-timeout",
+        type=float,
+        default=2.0,
+        help="seconds a link may idle after an error reply",
+    )
     add("--verbose", action="store_true", help="log debug messages")
     return parser
 
@@ -336,11 +424,24 @@ def config_from_args(args: argparse.Namespace) -> TrackerConfig:
     if args.interval < 1:
         raise ConfigError("--interval must be at least 1 second", key="interval")
     min_interval = args.min_interval if args.min_interval is not None else args.interval // 2
-    if not (args.header_timeout > 0 and args.idle_timeout > 0):
-        raise ConfigError("--header-timeout and --idle-timeout must be positive", key="timeout")
+    timeouts = (args.header_timeout, args.idle_timeout, args.error_idle_timeout)
+    if not all(t > 0 for t in (*timeouts, args.report_silence)):
+        raise ConfigError(
+            "--header-timeout, --idle-timeout, --error-idle-timeout and --report-silence "
+            "must be positive",
+            key="timeout",
+        )
     if args.min_interval is not None and args.min_interval < 1:
         raise ConfigError("--min-interval must be at least 1 second", key="min_interval")
-    for name in ("numwant_cap", "max_swarms", "max_peers_per_swarm", "max_connections"):
+    for name in (
+        "numwant_cap",
+        "seeder_numwant_cap",
+        "max_swarms",
+        "max_peers_per_swarm",
+        "max_peers_per_ip",
+        "max_connections",
+        "max_connections_per_ip",
+    ):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive", key=name)
     if args.token is not None and (
@@ -360,14 +461,19 @@ def config_from_args(args: argparse.Namespace) -> TrackerConfig:
         racks=args.racks,
         accept_ip_param=args.accept_ip_param,
         max_connections=args.max_connections,
+        max_connections_per_ip=args.max_connections_per_ip,
         header_timeout=args.header_timeout,
         idle_timeout=args.idle_timeout,
+        error_idle_timeout=args.error_idle_timeout,
+        report_silence=args.report_silence,
         limits=Limits(
             interval=args.interval,
             min_interval=max(1, min_interval),
             numwant_cap=args.numwant_cap,
+            seeder_numwant_cap=args.seeder_numwant_cap,
             max_swarms=args.max_swarms,
             max_peers_per_swarm=args.max_peers_per_swarm,
+            max_peers_per_ip=args.max_peers_per_ip,
         ),
     )
 
@@ -384,7 +490,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    _raise_fd_limit(config.max_connections + 64)
+    raise_fd_limit(config.max_connections + 64)
     try:
         asyncio.run(serve(config))
     except OSError as exc:

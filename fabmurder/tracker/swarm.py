@@ -43,10 +43,15 @@ class Limits:
     interval: int = 1800
     min_interval: int = 900
     numwant_cap: int = 50
+    # A peer that joined with the whole content (the deploy's seeder) may learn
+    # every leecher at once: it must reach each peer for the striped first pass.
+    seeder_numwant_cap: int = 5000
     # Places in every reply kept for peers of other racks, so no rack is an island.
     cross_rack: int = 2
     max_swarms: int = 1000
     max_peers_per_swarm: int = 50000
+    # One host runs one agent per swarm; a few more allow for NAT, not for a flood.
+    max_peers_per_ip: int = 256
     # A peer expires when it missed about two announces.
     expire_factor: float = 2.0
     # An empty swarm is forgotten after this many seconds without peers.
@@ -66,6 +71,7 @@ class Swarm:
         self.cross_rack = cross_rack
         self.peers: dict[bytes, Peer] = {}
         self.by_addr: dict[bytes, Peer] = {}
+        self.per_ip: dict[str, int] = {}
         self.all = Pool(0)
         self.racks: dict[str, Pool] = {}
         self.completed = 0
@@ -87,6 +93,7 @@ class Swarm:
         peer.left = left
         self.peers[peer.peer_id] = peer
         self.by_addr[peer.compact] = peer
+        self.per_ip[peer.ip] = self.per_ip.get(peer.ip, 0) + 1
         self.all.add(peer)
         rack = self.racks.get(peer.rack)
         if rack is None:
@@ -100,6 +107,11 @@ class Swarm:
         del self.peers[peer.peer_id]
         if self.by_addr.get(peer.compact) is peer:
             del self.by_addr[peer.compact]
+        left = self.per_ip[peer.ip] - 1
+        if left:
+            self.per_ip[peer.ip] = left
+        else:
+            del self.per_ip[peer.ip]
         self.all.remove(peer)
         rack = self.racks[peer.rack]
         rack.remove(peer)
@@ -202,18 +214,23 @@ class Swarms:
     def __iter__(self) -> Iterator[Swarm]:
         return iter(self.swarms.values())
 
-    def numwant(self, asked: int | None) -> int:
-        """Cap a client's ``numwant`` (absent means the cap)."""
-        cap = self.limits.numwant_cap
-        return cap if asked is None or asked > cap else asked
+    def numwant(self, asked: int | None, initial_seed: bool = False) -> int:
+        """Cap a client's ``numwant`` (absent means the cap); an initial seed has its own cap."""
+        limits = self.limits
+        cap = limits.seeder_numwant_cap if initial_seed else limits.numwant_cap
+        if asked is None:
+            return limits.numwant_cap
+        return cap if asked > cap else asked
 
     def announce(self, req: Announce, source_ip: str, now: float) -> AnnounceResult:
         """Apply one announce and choose the peers to return.
 
         :param source_ip: the address the request came from; the peer's address
             unless the tracker accepts the ``ip`` parameter and one was sent.
-        :raises RequestError: when a cap is reached or the peer id belongs to
-            another address with a different ``key``.
+        :raises RequestError: when a cap is reached, or the peer id is known
+            with a ``key`` that this request does not carry (BEP 7's ``key``
+            proves a peer across announces, so nobody else can move, stop or
+            replace it by its peer id alone).
         """
         self.announces += 1
         ip = req.ip if (req.ip and self.accept_ip_param) else source_ip
@@ -226,9 +243,9 @@ class Swarms:
             swarm = self.swarms[req.info_hash] = Swarm(req.info_hash, self.limits.cross_rack)
         peer = swarm.peers.get(req.peer_id)
         was_counted = False
+        if peer is not None and peer.key is not None and req.key != peer.key:
+            raise RequestError("peer_id is in use by another peer")
         if peer is not None and (peer.ip != ip or peer.port != req.port):
-            if peer.key is not None and req.key != peer.key:
-                raise RequestError("peer_id is in use by another peer")
             # The peer moved (new port or address): re-file it under the new one.
             was_counted = peer.counted
             swarm.remove(peer, now)
@@ -243,13 +260,17 @@ class Swarms:
         if peer is None:
             clash = swarm.by_addr.get(compact_peer(ip, req.port))
             if clash is not None:
-                # Same address and port, new peer id: the client restarted.
+                # Same address and port, new peer id: the client restarted (with a
+                # new key, so the key cannot be asked for here).
                 swarm.remove(clash, now)
             if len(swarm.peers) >= self.limits.max_peers_per_swarm:
                 raise RequestError("swarm is full")
+            if swarm.per_ip.get(ip, 0) >= self.limits.max_peers_per_ip:
+                raise RequestError("too many peers from this address in the swarm")
             peer = Peer(req.peer_id, ip, req.port, self.rack_of(ip))
             peer.key = req.key
             peer.counted = was_counted or req.event == b"completed"
+            peer.initial_seed = req.left == 0 and not peer.counted
             swarm.add(peer, req.left)
             if peer.counted and not was_counted:
                 swarm.completed += 1
@@ -264,7 +285,7 @@ class Swarms:
             if req.left != peer.left:
                 swarm.update_left(peer, req.left)
         peer.last_seen = now
-        k = self.numwant(req.numwant)
+        k = self.numwant(req.numwant, peer.initial_seed and peer.left == 0)
         picked = swarm.pick(peer, k) if k else []
         return AnnounceResult(swarm.seeders, swarm.leechers, picked)
 
