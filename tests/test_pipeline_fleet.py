@@ -402,6 +402,42 @@ def test_stop_tasks_leave_no_fabmurder_process_and_cleaning_spares_running_daemo
     assert events[-1].message == "no tracker running"
 
 
+def test_murder_stop_stops_everything_past_a_peer_that_is_down_and_names_it(
+    fleet: Fleet, murder: dict[str, Any], release: dict[str, Any], tmp_path: Path
+) -> None:
+    # Murder's stop_all_peering in one task: with `fab murder.stop-peering
+    # murder.stop-tracker` a peer that is down halts the chain, the tracker runs on.
+    c = context(fleet, {**murder, "tag": "r8", "seed_after": 300})
+    pipeline.start_tracker(c)
+    pipeline.create_torrent(c)
+    pipeline.start_seeding(c)
+    assert pipeline.peer_download(c).failures == {}
+    down = fleet.hosts[6]
+    staging = fleet.write_fabric_yaml(tmp_path / "staging.yaml", extra={"murder": murder})
+    (tmp_path / "fabfile.py").write_text(
+        "from invoke import Collection\nimport fabmurder\n"
+        "ns = Collection()\nns.add_collection(fabmurder.ns, name='murder')\n"
+    )
+    fleet.stop_sshd(down)
+    try:
+        out = subprocess.run(
+            [str(Path(sys.executable).with_name("fab")), "-f", str(staging), "murder.stop"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    finally:
+        fleet.start_sshd(down)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"murder: stopping failed on {down.host_string}" in out.stderr, out.stderr
+    # the tracker and the seeder stopped although a peer could not be reached
+    for host in [h for h in fleet.hosts[:9] if h.name != down.name]:
+        assert agent_processes(fleet, host) == [], host.name
+    assert "no tracker or seed running" not in out.stdout, out.stdout
+    again = pipeline.stop(c, on_event=lambda event: None)
+    assert not again.failed and agent_processes(fleet, down) == []
+    pipeline.clean_temp_files(c)
+
+
 def test_a_torrent_too_large_to_travel_inline_is_uploaded_to_each_peer(
     fleet: Fleet, murder: dict[str, Any], release: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
