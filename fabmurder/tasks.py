@@ -213,13 +213,19 @@ def stop_seeding(c: Any, tag: str | None = None) -> HostResults[Any]:
 
 
 @murder_task(
-    "tag", "destination_path", "force", "timeout", "seed_after", "max_failed_peers",
+    "destination_path", "force", "timeout", "seed_after", "max_failed_peers",
     tag="release to download (being seeded already)",
     sha256="the tarball's SHA-256 (default: read on the seeder)",
 )  # fmt: skip
-def peer_download(c: Any, sha256: str | None = None, **options: Unpack[Options]) -> DeployReport:
+def peer_download(
+    c: Any,
+    tag: str | None = None,
+    sha256: str | None = None,
+    **options: Unpack[UntaggedOptions],
+) -> DeployReport:
     """Download a seeded release on every peer and wait until all have it."""
-    return cast(DeployReport, _drawn(pipeline.peer_download, c, sha256, **options))
+    given: Options = {**options, "tag": tag} if tag else {**options}
+    return cast(DeployReport, _drawn(pipeline.peer_download, c, sha256, **given))
 
 
 @task(help={"tag": "release to stop peering (default: all)"})

@@ -426,3 +426,20 @@ def _no_threads_left() -> Iterator[None]:
     deadline = watch.time.monotonic() + 30
     while threading.active_count() > before + 1 and watch.time.monotonic() < deadline:
         watch.time.sleep(0.05)  # a hung poll's thread ends once its fake answers
+
+
+def test_a_task_passes_on_only_the_flags_given_and_its_own_arguments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[tuple[Any, dict[str, Any]]] = []
+
+    def fake(c: Any, sha256: Any = None, *, on_event: Any = None, **options: Any) -> DeployReport:
+        seen.append((sha256, options))
+        return DeployReport("v3")
+
+    monkeypatch.setattr(pipeline, "peer_download", fake)
+    tasks_mod.peer_download(Context(), tag="v3", sha256="ab" * 32, timeout="5")
+    tasks_mod.peer_download(Context())
+    assert seen == [("ab" * 32, {"tag": "v3", "timeout": "5"}), (None, {})]
+    flags = [a.name for a in fabmurder.ns["peer-download"].get_arguments()]
+    assert flags[:3] == ["tag", "sha256", "destination_path"]
