@@ -121,6 +121,10 @@ def test_staging_and_production_deploy_with_the_same_fabfile_through_fab(
     fleet: Fleet, build: Host, ssh_config: Path, wheels: Path
 ) -> None:
     staging, production = fleet.hosts[1:3], fleet.hosts[3:7]
+    # the first deploy of each environment, of build 1.0, whatever ran before
+    fleet.run_in(build, ["sh", "-c", f"printf '1.0\\n' > {BUILD}/VERSION"])
+    for host in [*staging, *production]:
+        fleet.run_in(host, ["rm", "-rf", APP])
     out = fab(ssh_config, wheels, "-f", "deploy/staging.yaml", "deploy", "--tag", "s1")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "build of 3 entries is ready" in out.stdout  # the pre-task ran

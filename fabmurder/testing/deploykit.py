@@ -295,8 +295,12 @@ class DeployKit:
         return bool(state) and state[state.rfind(")") + 2 :][:1] not in ("Z", "X", "")
 
     def agents(self, host: Host | int) -> list[str]:
-        """Return the command lines of fabmurder agents inside ``host``."""
-        return agent_processes(self.fleet, host)
+        """Return the command lines of the kit's fabmurder agents inside ``host``.
+
+        Those are the agents whose files live under the kit's ``temp_path``;
+        agents that other tests left on the same hosts do not count.
+        """
+        return [p for p in agent_processes(self.fleet, host) if f"{self.temp_path}/" in p]
 
     def listening(self, host: Host | int) -> list[str]:
         """Return ``address:port`` of every listening TCP socket of a fabmurder process."""
