@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "status": "fabmurder.host.status",
     "clean": "fabmurder.host.clean",
     "finish": "fabmurder.host.finish",
+    "token": "fabmurder.host.token",
 }
 
 USAGE = "usage: python -m fabmurder {" + ",".join(COMMANDS) + "} [options]\n"
