@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "finish": "fabmurder.host.finish",
     "poll": "fabmurder.host.statusfile",
     "digest": "fabmurder.host.digest",
+    "token": "fabmurder.host.token",
 }
 
 USAGE = "usage: python -m fabmurder {" + ",".join(COMMANDS) + "} [options]\n"

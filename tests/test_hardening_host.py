@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -215,3 +216,64 @@ def test_release_torrents_are_private_and_0600(tmp_path: Path) -> None:
     assert lt.torrent_info(str(torrent)).priv() is True
     assert (torrent.stat().st_mode & 0o777) == 0o600
     assert ((tmp_path / "t" / "v1.tar").stat().st_mode & 0o777) == 0o600
+
+
+def test_the_tracker_token_is_made_private_and_a_planted_one_is_never_taken(
+    tmp_path: Path,
+) -> None:
+    temp = tmp_path / "fabmurder"
+    made = json.loads(fab("token", "--file", str(temp / "tracker.token")).stdout)
+    assert made["new"] is True and len(made["token"]) == 32
+    assert (temp / "tracker.token").read_text().strip() == made["token"]
+    assert ((temp / "tracker.token").stat().st_mode & 0o777) == 0o600
+    again = json.loads(fab("token", "--file", str(temp / "tracker.token")).stdout)
+    assert again == {**made, "new": False}
+    # A token file others can read is no secret: refused, and --new replaces it.
+    (temp / "tracker.token").chmod(0o644)
+    refused = fab("token", "--file", str(temp / "tracker.token"))
+    assert refused.returncode == 1 and "a secret must be 0600" in refused.stderr
+    fresh = json.loads(fab("token", "--file", str(temp / "tracker.token"), "--new").stdout)
+    assert fresh["token"] != made["token"]
+    # A symlink planted at the token's name is replaced, never written through.
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (temp / "tracker.token").unlink()
+    (temp / "tracker.token").symlink_to(victim)
+    replaced = json.loads(fab("token", "--file", str(temp / "tracker.token"), "--new").stdout)
+    assert not (temp / "tracker.token").is_symlink()
+    assert (temp / "tracker.token").read_text().strip() == replaced["token"]
+    assert victim.read_text() == "precious\n"
+
+
+def test_the_tracker_reads_its_token_from_a_file_and_no_command_line_shows_it(
+    tmp_path: Path,
+) -> None:
+    from fabmurder.tracker.client import get
+
+    temp = tmp_path / "fabmurder"
+    token = json.loads(fab("token", "--file", str(temp / "tracker.token")).stdout)["token"]
+    started = fab(
+        "daemon", "start", "--pid-file", str(temp / "tracker.pid"), "--log",
+        str(temp / "tracker.log"), "--", "tracker", "--bind", "127.0.0.1", "--port", "0",
+        "--token-file", str(temp / "tracker.token"),
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    try:
+        pid = json.loads(started.stdout)["pid"]
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    assert token.encode() not in (proc / "cmdline").read_bytes()
+                except OSError:
+                    continue
+        port = int(re.search(r":(\d+)/", (temp / "tracker.log").read_text()).group(1))  # type: ignore[union-attr]
+        assert get("127.0.0.1", port, f"/stats/{token}").status == 200
+        assert get("127.0.0.1", port, "/stats").status == 404
+        assert pid > 1
+    finally:
+        assert fab("daemon", "stop", "--pid-file", str(temp / "tracker.pid")).returncode == 0
+    (temp / "tracker.token").chmod(0o640)
+    refused = fab(
+        "tracker", "--bind", "127.0.0.1", "--port", "0", "--token-file", str(temp / "tracker.token")
+    )
+    assert refused.returncode == 2 and "a secret must be 0600" in refused.stderr

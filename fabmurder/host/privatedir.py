@@ -15,8 +15,10 @@ there, :func:`ensure` makes sure that:
 - it is not a shared system directory itself (``/tmp``, ``/var/tmp``, ...).
 
 Anything else is refused with :class:`UnsafeDirectory`, before anything
-is written. Both sides import this module: the control side checks the
-configured ``temp_path`` with :func:`refuse_shared` at once.
+is written. Secrets (the tracker's token) live in files of that directory
+that only this user can read: :func:`read_private` refuses any other.
+Both sides import this module: the control side checks the configured
+``temp_path`` with :func:`refuse_shared` at once.
 """
 
 from __future__ import annotations
@@ -178,3 +180,36 @@ def _make_parents(parent: str) -> None:
     for directory in reversed(missing):
         with contextlib.suppress(FileExistsError):
             os.mkdir(directory, 0o700)
+
+
+def read_private(path: str, max_bytes: int = 4096) -> str:
+    """Return the text of ``path``, a secret only this user may read or write.
+
+    The file must be a regular file (never read through a symlink), owned by
+    this user, with no group or other permission bits: a token someone else
+    could have planted or read is no secret.
+
+    :raises UnsafeDirectory: naming what is wrong (also for a missing file).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UnsafeDirectory(f"cannot read {path}: {exc.strerror}", path) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeDirectory(f"{path} is not a regular file", path)
+        if st.st_uid != os.geteuid():
+            raise UnsafeDirectory(f"{path} belongs to uid {st.st_uid}, not to this user", path)
+        if st.st_mode & 0o077:
+            raise UnsafeDirectory(
+                f"{path} is readable or writable by others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}); a secret must be 0600",
+                path,
+            )
+        data = os.read(fd, max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise UnsafeDirectory(f"{path} is larger than {max_bytes} bytes", path)
+    return data.decode("utf-8", "replace").strip()

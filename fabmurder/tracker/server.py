@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fabmurder.errors import ConfigError
+from fabmurder.host import privatedir
 from fabmurder.host.cli import raise_fd_limit
 from fabmurder.host.daemon import notify_ready
 from fabmurder.tracker.allow import AllowList
@@ -381,7 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--interval", type=int, default=1800, help="announce interval in seconds")
     add("--min-interval", type=int, default=None, help="min interval (default: interval/2)")
     add("--allow-file", default=None, help="serve only the info-hashes listed in this file")
-    add("--token", default=None, help="serve only /announce/TOKEN, /scrape/TOKEN, /stats/TOKEN")
+    tokens = parser.add_mutually_exclusive_group()
+    tokens.add_argument(
+        "--token", default=None, help="serve only under TOKEN (visible in ps: prefer --token-file)"
+    )
+    tokens.add_argument(
+        "--token-file",
+        default=None,
+        help="read the token from this file (this user's own, mode 0600)",
+    )
     add("--racks", default=None, help="file of 'CIDR rackname' lines (default rack: the /24)")
     add("--accept-ip-param", action="store_true", help="use a valid IPv4 'ip' parameter")
     add("--numwant-cap", type=int, default=50, help="most peers in one reply")
@@ -444,6 +453,11 @@ def config_from_args(args: argparse.Namespace) -> TrackerConfig:
     ):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive", key=name)
+    if args.token_file is not None:
+        try:
+            args.token = privatedir.read_private(args.token_file)
+        except privatedir.UnsafeDirectory as exc:
+            raise ConfigError(str(exc), key="token_file") from exc
     if args.token is not None and (
         not args.token or not args.token.isascii() or "/" in args.token or "?" in args.token
     ):
