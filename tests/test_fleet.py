@@ -21,7 +21,7 @@ from fabric import Connection
 
 from fabmurder.testing import Fleet, FleetError, down, hostinit, up
 from fabmurder.testing.fleet import load, sibling_name
-from fabmurder.testing.net import choose_subnet, leftovers, netns_pids
+from fabmurder.testing.net import RUN_DIR, choose_subnet, leftovers, netns_pids
 from fabmurder.testing.proc import is_alive, wait_until
 
 RATE_MBIT = 100
@@ -241,6 +241,32 @@ def test_a_fleet_can_span_racks_and_every_host_reaches_every_other(require_root:
         assert fleet.connection(last).run("hostname", hide=True).stdout.strip() == last.name
     finally:
         down(own("rk"))
+
+
+def test_a_shared_dir_is_the_same_read_only_bytes_on_every_host(
+    require_root: None, tmp_path: Path
+) -> None:
+    with pytest.raises(FleetError, match="hides"):
+        up(1, name=own("sx"), shared={"/srv/agent/venv": str(tmp_path)})
+    source = Path(tempfile.mkdtemp(dir=RUN_DIR, prefix="test-shared-"))
+    (source / "marker").write_text("one copy\n")
+    try:
+        fleet = up(2, name=own("sh"), shared={"/srv/agent/venv": str(source)})
+        for host in (1, 2):
+            conn = fleet.connection(host)
+            assert conn.run("cat /srv/agent/venv/marker", hide=True).stdout == "one copy\n"
+            write = conn.run("touch /srv/agent/venv/x", hide=True, warn=True)
+            assert write.failed and "Read-only file system" in write.stderr
+            # The rest of /srv stays the host's own.
+            conn.run(f"echo {host} > /srv/agent/mine", hide=True)
+        assert fleet.connection(1).run("cat /srv/agent/mine", hide=True).stdout == "1\n"
+        assert not (source / "x").exists()
+        with pytest.raises(FleetError, match="inside a private dir"):
+            up(1, name=own("sx"), shared={"/opt/agent": str(source)})
+    finally:
+        down(own("sh"))
+        down(own("sx"))
+        shutil.rmtree(source)
 
 
 def test_fleets_brought_up_together_get_different_subnets(require_root: None) -> None:
