@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shlex
@@ -19,8 +20,8 @@ import pytest
 from fabric import Connection
 
 from fabmurder.testing import Fleet, FleetError, down, hostinit, up
-from fabmurder.testing.fleet import sibling_name
-from fabmurder.testing.net import choose_subnet, leftovers, netns_pids
+from fabmurder.testing.fleet import load, sibling_name
+from fabmurder.testing.net import RUN_DIR, choose_subnet, leftovers, netns_pids
 from fabmurder.testing.proc import is_alive, wait_until
 
 RATE_MBIT = 100
@@ -218,6 +219,54 @@ def test_an_unplugged_host_is_unreachable_until_plugged_back(small: Fleet) -> No
         conn.run("true")
     small.set_link(2, True)
     assert small.connection(2).run("hostname", hide=True).stdout.strip() == small.host(2).name
+
+
+def test_a_fleet_can_span_racks_and_every_host_reaches_every_other(require_root: None) -> None:
+    fleet = up(7, name=own("rk"), racks=3)
+    try:
+        nets = [ipaddress.ip_network(f"{a}/24", strict=False) for a in fleet.addresses]
+        # Filled one /24 after another: 3, 3 and 1 hosts, each a rack of its own to a tracker.
+        assert [str(n) for n in dict.fromkeys(nets)] == [
+            str(n) for n in list(ipaddress.ip_network(fleet.subnet).subnets(new_prefix=24))[:3]
+        ]
+        assert [nets.count(n) for n in dict.fromkeys(nets)] == [3, 3, 1]
+        assert fleet.racks == 3 and load(fleet.name).racks == 3
+        first, last = fleet.host(1), fleet.host(7)
+        # From host 1 in the first /24 to host 7's sshd in the third, over the one link.
+        probe = f"exec 3<>/dev/tcp/{last.address}/{last.port} && head -c 4 <&3"
+        reached = fleet.connection(first).run(
+            f"timeout 5 bash -c {shlex.quote(probe)}", hide=True, warn=True
+        )
+        assert reached.stdout == "SSH-"
+        assert fleet.connection(last).run("hostname", hide=True).stdout.strip() == last.name
+    finally:
+        down(own("rk"))
+
+
+def test_a_shared_dir_is_the_same_read_only_bytes_on_every_host(
+    require_root: None, tmp_path: Path
+) -> None:
+    with pytest.raises(FleetError, match="hides"):
+        up(1, name=own("sx"), shared={"/srv/agent/venv": str(tmp_path)})
+    source = Path(tempfile.mkdtemp(dir=RUN_DIR, prefix="test-shared-"))
+    (source / "marker").write_text("one copy\n")
+    try:
+        fleet = up(2, name=own("sh"), shared={"/srv/agent/venv": str(source)})
+        for host in (1, 2):
+            conn = fleet.connection(host)
+            assert conn.run("cat /srv/agent/venv/marker", hide=True).stdout == "one copy\n"
+            write = conn.run("touch /srv/agent/venv/x", hide=True, warn=True)
+            assert write.failed and "Read-only file system" in write.stderr
+            # The rest of /srv stays the host's own.
+            conn.run(f"echo {host} > /srv/agent/mine", hide=True)
+        assert fleet.connection(1).run("cat /srv/agent/mine", hide=True).stdout == "1\n"
+        assert not (source / "x").exists()
+        with pytest.raises(FleetError, match="inside a private dir"):
+            up(1, name=own("sx"), shared={"/opt/agent": str(source)})
+    finally:
+        down(own("sh"))
+        down(own("sx"))
+        shutil.rmtree(source)
 
 
 def test_fleets_brought_up_together_get_different_subnets(require_root: None) -> None:

@@ -25,7 +25,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,10 @@ class Fleet:
     rate_mbit: float | None
     hosts: list[Host] = field(default_factory=list)
     private_dirs: list[str] = field(default_factory=lambda: list(PRIVATE_DIRS))
+    #: how many /24 networks the hosts' addresses span (a tracker's racks)
+    racks: int = 1
+    #: host path -> this machine's directory shown there read-only on every host
+    shared: dict[str, str] = field(default_factory=dict)
 
     # -- records --------------------------------------------------------------
 
@@ -283,16 +287,24 @@ def up(
     subnet: str | None = None,
     port: int = 22,
     private_dirs: Sequence[str] = PRIVATE_DIRS,
+    racks: int | None = None,
+    shared: Mapping[str, str] | None = None,
 ) -> Fleet:
     """Bring up a fleet of *n* hosts called *name* and return it.
 
     A fleet of the same name that is already up (or left over by a crash) is
     removed first.
 
-    :param n: number of hosts (1-250).
+    :param n: number of hosts (1-1000; a Linux bridge takes 1024 ports).
     :param rate_mbit: cap on each host's upload and download, in Mbit/s.
     :param name: 1 to 5 characters ``a-z0-9``; names the interfaces and state.
-    :param subnet: a /24 to use instead of the first free one in 10.231.0.0/16.
+    :param subnet: a block to use instead of the first free one in 10.231.0.0/16
+        (a /24, or larger for several racks).
+    :param racks: how many /24 networks the addresses span, filled one after
+        another (default: as few as hold *n*, 253 to a /24).
+    :param shared: host path -> a directory of this machine, mounted there
+        read-only on every host (inside a private dir): one copy of an agent
+        venv for hundreds of hosts instead of one each.
     :param private_dirs: absolute paths that get an empty tmpfs of their own on
         each host (``/tmp`` with mode 1777, the others 0755). Anything else
         on the hosts is this machine's file system, shared by all of them.
@@ -300,13 +312,28 @@ def up(
     net.validate_name(name)
     if not all(d.startswith("/") and ":" not in d for d in private_dirs):
         raise FleetError(f"private_dirs must be absolute paths: {list(private_dirs)}")
-    if not 1 <= n <= 250:
-        raise FleetError(f"a fleet has 1 to 250 hosts, not {n}")
+    if not 1 <= n <= 1000:
+        raise FleetError(f"a fleet has 1 to 1000 hosts, not {n}")
+    racks = racks or -(-n // net.PER_RACK)
+    shared = dict(shared or {})
+    for path, source in shared.items():
+        if not any(path.startswith(d.rstrip("/") + "/") for d in private_dirs):
+            raise FleetError(f"shared path {path} must lie inside a private dir {private_dirs}")
+        if not os.path.isdir(source):
+            raise FleetError(f"shared source {source} is not a directory")
+        real = os.path.realpath(source)
+        if any(real == d or real.startswith(d.rstrip("/") + "/") for d in private_dirs):
+            raise FleetError(
+                f"shared source {source} lies in {private_dirs}, which each host hides "
+                "behind its own tmpfs: put it elsewhere (under /run/fabmurder, say)"
+            )
+    if not 1 <= racks <= n:
+        raise FleetError(f"{n} hosts cannot span {racks} racks")
     down(name)
     root = state_dir(name)
     root.mkdir(parents=True, mode=0o700)
     try:
-        return _build(root, n, rate_mbit, name, subnet, port, private_dirs)
+        return _build(root, n, rate_mbit, name, subnet, port, private_dirs, racks, shared)
     except BaseException:
         down(name)
         raise
@@ -320,6 +347,8 @@ def _build(
     subnet: str | None,
     port: int,
     private_dirs: Sequence[str],
+    racks: int = 1,
+    shared: dict[str, str] | None = None,
 ) -> Fleet:
     key_path = root / "id_ed25519"
     authorized = root / "authorized_keys"
@@ -335,9 +364,9 @@ def _build(
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
 
     with net.subnet_lock():
-        chosen = net.choose_subnet(subnet)
+        chosen = net.choose_subnet(subnet, prefix=net.rack_prefix(racks))
         control = net.create_bridge(name, chosen)
-    links = net.create_hosts(name, chosen, n)
+    links = net.create_hosts(name, chosen, n, racks)
     if rate_mbit is not None:
         net.shape(links, rate_mbit)
 
@@ -346,7 +375,7 @@ def _build(
         host_dir = root / host_name
         config = sshd.write_config(host_dir, host_name, port, authorized)
         pid, started, sshd_pid = sshd.boot(
-            link.netns, host_name, host_dir, config, port, private_dirs
+            link.netns, host_name, host_dir, config, port, private_dirs, shared
         )
         wait_until(
             lambda: sshd.answers(link.address, port),
@@ -386,6 +415,8 @@ def _build(
         rate_mbit=rate_mbit,
         hosts=hosts,
         private_dirs=list(private_dirs),
+        racks=racks,
+        shared=dict(shared or {}),
     )
     fleet.save()
     fleet.write_fabric_yaml(root / "fabric.yaml")

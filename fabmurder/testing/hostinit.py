@@ -161,8 +161,18 @@ def hide_bashrc(path: str) -> None:
         subprocess.run(["mount", "-o", "remount,bind,ro", path], check=True)
 
 
-def prepare(hostname: str, tmpfs: list[str], bashrc: list[str] | None = None) -> None:
-    """Name this process, become a subreaper, mount the private dirs, set the hostname."""
+def prepare(
+    hostname: str,
+    tmpfs: list[str],
+    bashrc: list[str] | None = None,
+    shared: list[str] | None = None,
+) -> None:
+    """Name this process, become a subreaper, mount the private and shared dirs, set the hostname.
+
+    :param shared: ``SOURCE:PATH`` pairs: this machine's directory SOURCE
+        appears read-only at PATH (inside a private dir, made first), the
+        same bytes on every host, as one agent venv for a fleet of hundreds.
+    """
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_NAME, b"fm-hostinit", 0, 0, 0)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
@@ -174,6 +184,11 @@ def prepare(hostname: str, tmpfs: list[str], bashrc: list[str] | None = None) ->
             ["mount", "-t", "tmpfs", "-o", f"mode={mode or '0755'}", "fabmurder", path],
             check=True,
         )
+    for spec in shared or []:
+        source, _, path = spec.partition(":")
+        os.makedirs(path, exist_ok=True)
+        subprocess.run(["mount", "--bind", source, path], check=True)
+        subprocess.run(["mount", "-o", "remount,bind,ro", path], check=True)
     for path in bashrc or []:
         hide_bashrc(path)
     socket.sethostname(hostname)
@@ -185,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hostname", required=True)
     parser.add_argument("--tmpfs", action="append", default=[])
     parser.add_argument("--default-bashrc", action="append", default=[])
+    parser.add_argument("--shared", action="append", default=[], help="SOURCE:PATH, read-only")
     parser.add_argument("--port", type=int, default=22)
     parser.add_argument("--log", required=True)
     parser.add_argument("sshd", nargs=argparse.REMAINDER)
@@ -194,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     init = HostInit(args.state, args.port, sshd_argv, args.log)
     try:
-        prepare(args.hostname, args.tmpfs, args.default_bashrc)
+        prepare(args.hostname, args.tmpfs, args.default_bashrc, args.shared)
     except (OSError, subprocess.CalledProcessError) as exc:
         init.write_state(error=f"host preparation failed: {exc}")
         return 1

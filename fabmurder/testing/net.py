@@ -85,22 +85,47 @@ def networks_in_use() -> list[ipaddress.IPv4Network]:
     return found
 
 
+#: the most hosts one /24 of a fleet holds (.0, .1 and .255 are not hosts')
+PER_RACK = 253
+
+
+def rack_prefix(racks: int) -> int:
+    """Return the prefix length of a block of at least *racks* /24 networks."""
+    return 24 - max(0, (racks - 1).bit_length())
+
+
 def choose_subnet(
-    wanted: str | None = None, pool: ipaddress.IPv4Network = DEFAULT_POOL
+    wanted: str | None = None, pool: ipaddress.IPv4Network = DEFAULT_POOL, prefix: int = 24
 ) -> ipaddress.IPv4Network:
-    """Return *wanted*, or the first /24 of *pool*, that overlaps no route or address here.
+    """Return *wanted*, or the first block of *pool* with *prefix*, that overlaps nothing here.
 
     Call it under :func:`subnet_lock`, and keep the lock until the bridge owns
     the subnet, so two fleets never pick the same one.
     """
     used = networks_in_use()
-    candidates = [ipaddress.IPv4Network(wanted)] if wanted else pool.subnets(new_prefix=24)
+    candidates = [ipaddress.IPv4Network(wanted)] if wanted else pool.subnets(new_prefix=prefix)
     for net in candidates:
         if not any(net.overlaps(other) for other in used):
             return net
     if wanted:
         raise FleetError(f"subnet {wanted} overlaps a route or address on this machine")
-    raise FleetError(f"no free /24 left in {pool}")
+    raise FleetError(f"no free /{prefix} left in {pool}")
+
+
+def rack_addresses(block: ipaddress.IPv4Network, count: int, racks: int) -> list[str]:
+    """Return *count* host addresses spread evenly over the first *racks* /24s of *block*.
+
+    Hosts fill one /24 after another (host 1, the tracker and seeder, is in
+    the first), from .2 up, so a tracker that groups peers by /24 sees
+    *racks* racks. The first /24's .1 is the control address.
+    """
+    nets = list(block.subnets(new_prefix=24))[:racks] if block.prefixlen <= 24 else [block]
+    if len(nets) < racks:
+        raise FleetError(f"{block} holds {len(nets)} /24 networks, not {racks}")
+    per_rack = -(-count // racks)
+    if per_rack > PER_RACK:
+        raise FleetError(f"{count} hosts in {racks} racks: more than {PER_RACK} in a /24")
+    return [str(nets[i // per_rack].network_address + 2 + i % per_rack) for i in range(count)]
 
 
 @dataclass(frozen=True)
@@ -124,14 +149,17 @@ def create_bridge(fleet: str, net: ipaddress.IPv4Network) -> str:
     return control.split("/")[0]
 
 
-def create_hosts(fleet: str, net: ipaddress.IPv4Network, count: int, first: int = 1) -> list[Link]:
-    """Create *count* namespaces with a veth on the bridge each, addressed from *net*."""
-    addresses = list(net.hosts())[first:]
-    if count > len(addresses):
-        raise FleetError(f"{net} has room for {len(addresses)} hosts, not {count}")
+def create_hosts(fleet: str, net: ipaddress.IPv4Network, count: int, racks: int = 1) -> list[Link]:
+    """Create *count* namespaces with a veth on the bridge each, addressed from *net*.
+
+    With *racks* above 1 the addresses span that many /24 networks of *net*
+    (:func:`rack_addresses`); every host has *net*'s prefix, so all of them
+    are on one link.
+    """
+    addresses = rack_addresses(net, count, racks)
     bridge = bridge_name(fleet)
     links = [
-        Link(i, netns_name(fleet, i), veth_name(fleet, i), str(addresses[i - 1]))
+        Link(i, netns_name(fleet, i), veth_name(fleet, i), addresses[i - 1])
         for i in range(1, count + 1)
     ]
     batch = [f"netns add {link.netns}" for link in links]

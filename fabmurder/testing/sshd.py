@@ -13,7 +13,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,13 @@ def answers(address: str, port: int) -> bool:
 
 
 def boot(
-    netns: str, name: str, host_dir: Path, config: Path, port: int, private_dirs: Sequence[str]
+    netns: str,
+    name: str,
+    host_dir: Path,
+    config: Path,
+    port: int,
+    private_dirs: Sequence[str],
+    shared: Mapping[str, str] | None = None,
 ) -> tuple[int, int, int]:
     """Start one host's init (and so its sshd) in *netns*; return its PID, start time, sshd PID.
 
@@ -128,6 +134,7 @@ def boot(
         "--state", str(host_dir / "init.json"), "--hostname", name,
         "--port", str(port), "--log", str(host_dir / "sshd.log"),
         *[arg for d in private_dirs for arg in ("--tmpfs", f"{d}:{_mode(d)}")],
+        *[arg for path, src in (shared or {}).items() for arg in ("--shared", f"{src}:{path}")],
         "--default-bashrc", BASHRC,
         "--", *sshd_argv(config, host_dir / "sshd.log"),
     ]  # fmt: skip
