@@ -421,11 +421,17 @@ def test_pieces_from_a_corrupt_peer_fail_their_hash_and_the_release_still_instal
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """Mount a 1 MiB tmpfs (needs root; fails rather than skips under CI)."""
+    """Mount a 1 MiB tmpfs (needs root; fails rather than skips under CI).
+
+    Mode 0700, as a temp_path must be (a tmpfs is 1777 by default, which the
+    peer refuses as a directory others could write).
+    """
     mount = tmp_path / "tiny"
     mount.mkdir()
     skip_unless(os.geteuid() == 0, "needs root to mount a tmpfs")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount)], check=True
+    )
     try:
         yield mount
     finally:
