@@ -25,8 +25,11 @@ from invoke import Context
 from fabmurder.testing.fleet import Fleet, Host
 from fabmurder.testing.proc import FleetError, wait_until
 
-#: the agent lives here on every host (shared with the pipeline tests: one install)
-AGENT = "/srv/fabmurder/agent"
+#: the kit's agent lives here on every host, apart from the one the pipeline and
+#: release tests install and replace (/srv/fabmurder/agent): a test there that
+#: installs another wheel set must not leave the kit's deploys a stale agent to
+#: reinstall inside their own time limits (seen in full runs: 40 s went on it)
+AGENT = "/srv/fabmurder/kit-agent"
 AGENT_PYTHON = f"{AGENT}/venv/bin/python"
 
 MANIFEST = r"""
@@ -99,6 +102,12 @@ class Background:
 
     thread: threading.Thread
     outcome: dict[str, Any] = field(default_factory=dict)
+    #: the call's progress events, as its ``on_event`` callback got them
+    events: list[Any] = field(default_factory=list)
+
+    def recent(self, count: int = 6) -> str:
+        """Return the last ``count`` events, one line each (for error messages)."""
+        return "; ".join(f"{e.kind} {e.host or '-'}: {e.message}" for e in self.events[-count:])
 
     def done(self) -> bool:
         return not self.thread.is_alive()
@@ -172,6 +181,9 @@ class DeployKit:
     def background(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Background:
         """Start ``fn(*args, **kwargs)`` on a thread and return its handle."""
         outcome: dict[str, Any] = {}
+        events: list[Any] = []
+        if "on_event" not in kwargs:
+            kwargs["on_event"] = events.append
 
         def body() -> None:
             try:
@@ -181,7 +193,7 @@ class DeployKit:
 
         thread = threading.Thread(target=body, name="deploy", daemon=True)
         thread.start()
-        return Background(thread, outcome)
+        return Background(thread, outcome, events)
 
     # -- looking at hosts ------------------------------------------------------
 
@@ -230,13 +242,21 @@ class DeployKit:
         With ``run``, a pipeline call that ends first is an error (its own, if it raised).
         """
 
+        last: list[dict[str, Any] | None] = [None]
+
         def check() -> dict[str, Any] | None:
             if run is not None:
                 run.check()
-            status = self.status(host, name)
+            status = last[0] = self.status(host, name)
             return status if status is not None and test(status) else None
 
-        found: dict[str, Any] = wait_for(check, timeout, f"{name} on {self.fleet.host(host).name}")
+        try:
+            found: dict[str, Any] = wait_for(
+                check, timeout, f"{name} on {self.fleet.host(host).name}"
+            )
+        except FleetError as exc:
+            events = f"; the run's last events: {run.recent()}" if run is not None else ""
+            raise FleetError(f"{exc}; its last status: {last[0]}{events}") from None
         return found
 
     def pid(self, host: Host | int, pid_file: str) -> int | None:
