@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from test_host_swarm import (
     Node,
     Tracker,
     create_release,
-    free_port,
     seeding,
     start_peer,
     start_seed,
+    tracker,  # noqa: F401 - the module's tracker fixture, used by name below
 )
 
 from fabmurder.testing.hostcli import run as fab
@@ -26,19 +27,14 @@ from fabmurder.testing.proc import wait_until
 from fabmurder.tracker.client import get
 
 
-def test_agents_report_each_state_and_their_bytes_to_the_tracker(tmp_path: Path) -> None:
-    root = tmp_path / "tracker"
-    root.mkdir()
-    port = free_port("127.0.0.1")
-    started = fab(
-        "daemon", "start", "--pid-file", str(root / "tracker.pid"), "--log",
-        str(root / "tracker.log"), "--", "tracker", "--bind", "127.0.0.1", "--port", str(port),
-        "--interval", "2", "--allow-file", str(root / "tracker.allow"),
-    )  # fmt: skip
-    assert started.returncode == 0, started.stderr
+def test_agents_report_each_state_and_their_bytes_to_the_tracker(
+    tmp_path: Path,
+    tracker: Tracker,  # noqa: F811
+) -> None:
+    port = urlsplit(tracker.url).port
+    assert port is not None
     nodes: list[Node] = []
     try:
-        tracker = Tracker(f"http://127.0.0.1:{port}/announce", root / "tracker.allow")
         release = create_release(tmp_path, tracker)
 
         def progress(since: int = 0) -> dict:  # type: ignore[type-arg]
@@ -80,7 +76,6 @@ def test_agents_report_each_state_and_their_bytes_to_the_tracker(tmp_path: Path)
     finally:
         for node in nodes:
             node.stop()
-        fab("daemon", "stop", "--pid-file", str(root / "tracker.pid"))
 
 
 def test_a_bad_report_id_is_a_usage_error(tmp_path: Path) -> None:
