@@ -188,6 +188,9 @@ STATES = (
 )
 #: states after which an agent changes no more
 FINAL_STATES = ("failed", "stopped")
+#: the byte counters of a status record that a progress report carries (host/reporter.py
+#: sends them, tracker/progress.py parses them)
+REPORT_COUNTERS = ("done", "total", "from_seeder", "from_peers", "uploaded")
 STATUS_FIELDS: dict[str, type | tuple[type, ...]] = {
     "role": str,
     "tag": str,

@@ -15,6 +15,8 @@ import threading
 import time
 from urllib.parse import quote_from_bytes, urlsplit
 
+from fabmurder.contract import REPORT_COUNTERS
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from http.client import HTTPConnection
@@ -24,8 +26,6 @@ if TYPE_CHECKING:
 HEARTBEAT = 2.0
 #: seconds one request may take
 REQUEST_TIMEOUT = 5.0
-#: the status fields a report carries
-FIELDS = ("done", "total", "from_seeder", "from_peers", "uploaded")
 
 
 def report_url(announce: str) -> tuple[str, int, str]:
@@ -56,7 +56,7 @@ def report_query(info_hash: bytes, report_id: str, status: dict[str, Any]) -> st
         f"id={report_id}",
         f"state={status['state']}",
         f"installed={1 if status.get('installed') else 0}",
-        *(f"{name}={int(status.get(name) or 0)}" for name in FIELDS),
+        *(f"{name}={int(status.get(name) or 0)}" for name in REPORT_COUNTERS),
     ]
     error = status.get("error")
     if error:

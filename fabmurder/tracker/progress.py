@@ -32,7 +32,6 @@ from fabmurder.tracker.protocol import RequestError, parse_query
 
 #: states an agent may report (the status file's states, from the host contract)
 STATES = frozenset(contract.STATES)
-_COUNTERS = ("done", "total", "from_seeder", "from_peers", "uploaded")
 _MAX_ID = 64
 _MAX_ERROR = 300
 _MAX_DIGITS = 20
@@ -95,7 +94,7 @@ def parse_report(query: bytes) -> Report:
     if state not in STATES:
         raise RequestError("invalid state")
     counters = {}
-    for name in _COUNTERS:
+    for name in contract.REPORT_COUNTERS:
         raw = params.get(name.encode(), b"0")
         if not raw.isdigit() or len(raw) > _MAX_DIGITS:
             raise RequestError(f"invalid {name}")
