@@ -118,6 +118,9 @@ def start_peer(
         args += ["--stripe", f"{s.peers.index(host)}/{len(s.peers)}"]
     if s.force:
         args.append("--force")
+    if host in plan.report_ids:
+        # the agent reports to the tracker's /progress, which the watch follows
+        args += ["--report-id", plan.report_ids[host]]
     data = run_agent(
         conn, s, "daemon", "start",
         "--pid-file", s.tmp(contract.pid_file("peer", s.tag)),

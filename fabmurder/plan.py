@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import NamedTuple
@@ -38,6 +38,8 @@ class TrackerURLs(NamedTuple):
     tracker_announce: str
     #: the tracker's ``/stats`` (None for an external tracker)
     stats: str | None
+    #: the tracker's ``/progress``, where the watch follows the peers' reports
+    progress: str | None = None
 
 
 def make_token(pool: ConnectionPool, s: Settings) -> str:
@@ -68,7 +70,10 @@ def urls(s: Settings, address: str, token: str, deploy_token: str) -> TrackerURL
     host = f"[{address}]" if ":" in address else address
     base = f"http://{host}:{s.tracker_port}"
     return TrackerURLs(
-        f"{base}/announce/{deploy_token}", f"{base}/announce/{token}", f"{base}/stats/{token}"
+        f"{base}/announce/{deploy_token}",
+        f"{base}/announce/{token}",
+        f"{base}/stats/{token}",
+        f"{base}/progress/{token}",
     )
 
 
@@ -84,6 +89,9 @@ class Plan:
     #: fabmurder's own tracker's token and URLs (None without one)
     tracker_token: str | None = None
     tracker_urls: TrackerURLs | None = None
+    #: host -> the id its peer agent reports progress under (random, so that one
+    #: host cannot speak for another); empty without fabmurder's own tracker
+    report_ids: Mapping[str, str] = field(default_factory=dict)
 
     def address(self, host: str) -> str:
         """Return ``host``'s fleet address, as the probe learned it."""
@@ -111,6 +119,11 @@ class Plan:
     def stats_url(self) -> str | None:
         """Return the tracker's ``/stats`` URL, with fabmurder's own tracker."""
         return self.tracker_urls.stats if self.tracker_urls else None
+
+    @property
+    def progress_url(self) -> str | None:
+        """Return the tracker's ``/progress`` URL, with fabmurder's own tracker."""
+        return self.tracker_urls.progress if self.tracker_urls else None
 
     @cached_property
     def allow_args(self) -> tuple[str, ...]:
@@ -163,7 +176,9 @@ def make_plan(
         return Plan(s, found)
     deploy_token = secrets.token_hex(16)
     token = make_token(pool, s)
-    return Plan(s, found, deploy_token, token, urls(s, found.addresses[own], token, deploy_token))
+    tracker_urls = urls(s, found.addresses[own], token, deploy_token)
+    report_ids = {host: secrets.token_hex(8) for host in found.addresses}
+    return Plan(s, found, deploy_token, token, tracker_urls, report_ids)
 
 
 def refuse_foreign(s: Settings, found: Probe) -> None:

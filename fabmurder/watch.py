@@ -1,5 +1,11 @@
 """The watch: follow the started peers until each has installed the release or failed.
 
+With fabmurder's own tracker the peers report to it, and the watch follows
+them all through one long poll of the tracker's ``/progress``
+(:mod:`fabmurder.feed`); a peer is read over SSH only when its report says
+it is done, failed or stopped, when the tracker lost its reports, or while
+it has not reported at all. Without a feed, every peer is polled.
+
 Each peer is read through the host command ``poll`` (its status file,
 checked by the host contract's parser, and whether its agent's PID file
 still names a live process of ours). A poll waits on the host for the
@@ -26,6 +32,7 @@ from fabric import Connection
 from fabmurder import contract
 from fabmurder.config import Settings
 from fabmurder.errors import HostError
+from fabmurder.feed import Feed, settled
 from fabmurder.plan import Plan
 from fabmurder.remote import (
     POLL_TIMEOUT,
@@ -49,6 +56,8 @@ STATS_INTERVAL = 1.0
 #: the shortest time between two polls of one peer: right after the start
 #: (the gap then grows by this much per poll) and when its end is due
 FAST_POLL = 0.1
+#: with a feed, a peer the tracker has not heard from is read over SSH this often
+UNHEARD = 5.0
 
 
 @dataclass
@@ -70,6 +79,10 @@ class Watch:
     measured: float = 0.0
     #: why the watch lost contact with the host, when it did
     lost: str | None = None
+    #: with a feed: when its report last changed (0: never), and whether that
+    #: change asks for a read of its status
+    heard: float = 0.0
+    due: bool = False
 
     def next_poll(self, interval: float, size: int, fast: float = FAST_POLL) -> float:
         """Return when to poll this peer next: sooner when it should be about done.
@@ -159,7 +172,10 @@ def watch(
     swarm: dict[str, object] = {}
     stats: Future[dict[str, object]] | None = None
     stats_polled = 0.0
-    workers = min(s.parallel, len(watches) + 1)
+    feed = _open_feed(plan, report)
+    following: Future[dict[str, Any]] | None = None
+    by_host = {w.report.host: w for w in watches.values()}
+    workers = min(s.parallel, len(watches) + 2)
     threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="murder-watch")
     try:
         while True:
@@ -167,11 +183,14 @@ def watch(
             for w in watches.values():
                 if not w.report.finished:
                     _collect(pool, s, w, now, report)
+            if feed is not None and following is not None and following.done():
+                feed = _follow(feed, following, by_host, now, report)
+                following = None
             if stats is not None and stats.done():
                 swarm = swarm_stats(stats, report.info_hash) or swarm
                 stats = None
             pending = [w for w in watches.values() if not w.report.finished]
-            _progress(report, watches, size, swarm)
+            _progress(report, watches, size, feed.swarm if feed else swarm)
             if not pending:
                 return
             if now >= deadline:
@@ -187,8 +206,20 @@ def watch(
             # pending peer (and the stats) has one.
             hold = interval if len(pending) < workers else 0.0
             due = []
+            if feed is not None:
+                assert s.tracker
+                if following is None:
+                    following = threads.submit(feed.read, pool.get(s.tracker), s, interval)
+                unheard = max(UNHEARD, len(pending) / 200)
             for w in pending:
                 if w.future is not None:
+                    continue
+                if feed is not None:
+                    # the feed follows a peer it has heard from; read it when told to
+                    if not w.due and (w.heard or now - w.polled < unheard):
+                        continue
+                    w.due, w.polled, w.running, w.wait = False, now, 0.0, 0.0
+                    w.future = threads.submit(read_status, pool.get(w.report.host), s, w)
                     continue
                 at = w.next_poll(interval, size, fast)
                 if now < at:
@@ -197,15 +228,51 @@ def watch(
                 w.polled, w.running, w.wait = now, 0.0, hold
                 w.future = threads.submit(read_status, pool.get(w.report.host), s, w)
             stats_due = now - stats_polled >= max(interval, STATS_INTERVAL)
-            if plan.stats_url and s.tracker and stats is None and stats_due:
+            if feed is None and plan.stats_url and s.tracker and stats is None and stats_due:
                 stats_polled = now
                 stats = threads.submit(_read_stats, pool, s, plan.stats_url)
             wait_for = min([s.poll_interval, 0.5, *due])
-            pause(max(0.01, wait_for), [*(w.future for w in pending), stats])
+            pause(max(0.01, wait_for), [*(w.future for w in pending), stats, following])
     finally:
         # A poll stuck on a dead host must not hold the run; closing the pool's
         # connections later unblocks its thread.
         threads.shutdown(wait=False, cancel_futures=True)
+
+
+def _open_feed(plan: Plan, report: DeployReport) -> Feed | None:
+    """Return the run's feed of the tracker's ``/progress``, or None where there is none."""
+    if not (plan.progress_url and plan.report_ids and report.info_hash and plan.s.tracker):
+        return None
+    return Feed(plan.progress_url, report.info_hash, plan.report_ids)
+
+
+def _follow(
+    feed: Feed,
+    future: Future[dict[str, Any]],
+    watches: Mapping[str, Watch],
+    now: float,
+    report: DeployReport,
+) -> Feed | None:
+    """Take in one answer of the feed; return the feed, or None once it failed."""
+    try:
+        changes = feed.take(future.result())
+    except Exception as exc:
+        why = failure_reason(exc)
+        report.emit(
+            Event("warning", f"the tracker's progress feed failed ({why}): polling every peer")
+        )
+        return None
+    for host, peer in changes.items():
+        w = watches.get(host)
+        if w is None or w.report.finished:
+            continue
+        w.heard = now
+        w.due = w.due or settled(peer)
+        r = w.report
+        if r.state not in contract.FINAL_STATES:
+            r.state, r.bytes = peer["state"], peer["done"]
+            r.from_seeder, r.from_peers = peer["from_seeder"], peer["from_peers"]
+    return feed
 
 
 def _read_stats(pool: ConnectionPool, s: Settings, url: str) -> dict[str, object]:

@@ -211,6 +211,128 @@ def test_a_host_that_stops_answering_a_poll_is_failed_before_the_deadline() -> N
     assert watch.time.monotonic() - began < 20
 
 
+def fed_plan(**options: Any) -> Plan:
+    """A plan with fabmurder's own tracker: the peers report, and the watch follows the feed."""
+    from fabmurder.plan import urls
+
+    plain = plan_for(**options)
+    ids = {h: f"id-{h}" for h in PEERS}
+    tracker = urls(plain.s, "10.0.0.1", "tok", "dep")
+    return Plan(plain.s, plain.found, "dep", "tok", tracker, ids)
+
+
+def progress(seq: int, changes: dict[str, dict[str, Any]]) -> Result:
+    """A ``/progress`` reply, as the tracker host's ``stats`` command prints it."""
+    totals = {"reporters": 3, "installed": 0, "failed": 0, "silent": 0, "done": 0, "total": 0}
+    return ok({"seq": seq, "totals": totals, "changes": changes, "swarm": {"seeders": 1}})
+
+
+def feed_report(state: str, installed: bool = False, silent: bool = False) -> dict[str, Any]:
+    return {
+        "addr": "10.0.0.2", "state": state, "installed": installed, "error": None, "done": 5,
+        "total": RELEASE, "from_seeder": 5, "from_peers": 0, "uploaded": 0, "silent": silent,
+        "seq": 1,
+    }  # fmt: skip
+
+
+def test_with_a_feed_each_peer_is_read_over_ssh_once_when_its_report_says_it_installed() -> None:
+    plan = fed_plan(poll_interval=0.05)
+    reads = iter(
+        [
+            progress(3, {f"id-{h}": feed_report("downloading") for h in PEERS}),
+            progress(4, {"id-web1": feed_report("seeding", installed=True), "id-x": {}}),
+            progress(6, {f"id-{h}": feed_report("seeding", installed=True) for h in PEERS[1:]}),
+        ]
+    )
+    done = installed_after(1)
+
+    def handler(host: str, command: str) -> Result:
+        if " stats " in command:
+            return next(reads, progress(6, {}))
+        return done(1)
+
+    pool = FakePool(handler)
+    report, watches, events = started(plan)
+    watch.watch(pool, plan, watches, RELEASE, report)
+    assert all(r.ok and r.seconds == 2.5 for r in report.hosts.values())
+    assert sorted(pool.commands(" poll ")) == sorted(PEERS)  # one read each, when it installed
+    follows = [c for _, c in pool.log if " stats " in c]
+    assert pool.commands(" stats ") == ["seed1"] * len(follows)
+    assert "/progress/tok?info_hash=" + "ab" * 20 + "&since=0" in follows[0]
+    assert "--while-seq 3" in follows[1] and "--while-seq 4" in follows[2]
+    assert not [e for e in events if e.kind == "warning"]
+    assert events[-1].kind == "progress" and events[-1].data["swarm"] == {"seeders": 1}
+
+
+def test_a_peer_the_tracker_marks_silent_is_read_and_failed_if_its_agent_is_gone() -> None:
+    plan = fed_plan(poll_interval=0.05)
+    reads = iter(
+        [
+            progress(3, {f"id-{h}": feed_report("downloading") for h in PEERS}),
+            progress(4, {"id-web2": feed_report("downloading", silent=True)}),
+            progress(
+                6, {f"id-{h}": feed_report("seeding", installed=True) for h in ("web1", "web3")}
+            ),
+        ]
+    )
+    done, gone = installed_after(1), ok({"status": status("downloading", 5), "alive": False})
+
+    def handler(host: str, command: str) -> Result:
+        if command.startswith("tail "):
+            return Result(stdout="killed\n")
+        if " stats " in command:
+            return next(reads, progress(6, {}))
+        return gone if host == "web2" else done(1)
+
+    pool = FakePool(handler)
+    report, watches, events = started(plan)
+    watch.watch(pool, plan, watches, RELEASE, report)
+    assert [h for h, r in report.hosts.items() if r.ok] == ["web1", "web3"]
+    assert report.hosts["web2"].reason == (
+        "the peer agent exited without installing (downloading): killed"
+    )
+    assert pool.commands(" poll ").count("web2") == 1
+
+
+def test_a_feed_that_fails_is_dropped_and_every_peer_is_polled() -> None:
+    plan = fed_plan(poll_interval=0.05)
+    script = {h: installed_after(3) for h in PEERS}
+    answer = polls(script)
+
+    def handler(host: str, command: str) -> Result:
+        if " stats " in command:
+            return Result(stdout="", stderr="fabmurder: 404 Not Found\n", exited=1)
+        return answer(host, command)
+
+    pool = FakePool(handler)
+    report, watches, events = started(plan)
+    watch.watch(pool, plan, watches, RELEASE, report)
+    assert all(r.ok for r in report.hosts.values())
+    assert pool.commands("--while-seq") == ["seed1"]  # tried once, then dropped
+    assert all(pool.commands(" poll ").count(h) == 3 for h in PEERS)
+    warnings = [e.message for e in events if e.kind == "warning"]
+    why = "progress: fabmurder: 404 Not Found (exit 1)"
+    assert warnings == [f"the tracker's progress feed failed ({why}): polling every peer"]
+
+
+def test_a_peer_that_never_reports_is_read_over_ssh_until_it_answers() -> None:
+    plan = fed_plan(poll_interval=0.05)
+    done = installed_after(1)
+
+    def handler(host: str, command: str) -> Result:
+        if " stats " in command:
+            return progress(0, {})  # no agent reaches the tracker
+        return done(1)
+
+    pool = FakePool(handler)
+    report, watches, _ = started(plan)
+    for w in watches.values():
+        w.polled -= watch.UNHEARD  # started UNHEARD s ago
+    watch.watch(pool, plan, watches, RELEASE, report)
+    assert all(r.ok for r in report.hosts.values())
+    assert sorted(pool.commands(" poll ")) == sorted(PEERS)
+
+
 def test_a_poll_waits_on_the_host_only_while_every_peer_has_a_thread() -> None:
     plan = plan_for(poll_interval=0.2, parallel=8)
     pool = FakePool(polls({h: installed_after(2) for h in PEERS}))
@@ -367,8 +489,8 @@ def test_ctrl_c_during_the_watch_stops_every_agent_it_started_and_says_so(wheel_
             return Result(stdout="tok\n")
         if " create " in command:
             return ok(info)
-        if " poll " in command:
-            raise KeyboardInterrupt
+        if " poll " in command or " stats " in command:
+            raise KeyboardInterrupt  # the watch's first read, of a peer or of the feed
         if " finish " in command:
             return ok({"stopped": [], "clean": {}})
         return ok({"pid": 5})

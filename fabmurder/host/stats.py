@@ -1,13 +1,19 @@
-"""``stats``: fetch the tracker's ``/stats`` JSON from the tracker host itself.
+"""``stats``: fetch the tracker's ``/stats`` (or ``/progress``) JSON from the tracker host itself.
 
 Run on the tracker host over SSH, so the control machine needs no route to
-the tracker's port.
+the tracker's port. With ``--wait S --while-seq N`` it is a long poll of
+``/progress``: it asks again every :data:`STEP` seconds while the reply's
+``seq`` is still ``N``, and answers at once when it moved (or after ``S``
+seconds). The control host's watch keeps one such poll open, so it hears
+of a peer's install the moment the peer reports it, at the cost of one
+process on one host however many peers there are.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -20,6 +26,8 @@ if TYPE_CHECKING:
 
 #: the tracker answers on loopback or the fleet network: anything slower is a failure
 TIMEOUT = 5.0
+#: seconds between two asks of a long poll (each is one request to a local tracker)
+STEP = 0.1
 
 
 def fetch(url: str, timeout: float = TIMEOUT) -> Any:
@@ -40,11 +48,25 @@ def fetch(url: str, timeout: float = TIMEOUT) -> Any:
         raise MurderError(f"{url} did not return JSON: {exc}") from exc
 
 
+def follow(url: str, wait: float, seq: int, timeout: float = TIMEOUT) -> Any:
+    """Return the JSON at ``url`` once its ``seq`` is no longer ``seq``, or after ``wait`` s."""
+    deadline = time.monotonic() + wait
+    while True:
+        doc = fetch(url, timeout)
+        if not isinstance(doc, dict) or doc.get("seq") != seq or time.monotonic() >= deadline:
+            return doc
+        time.sleep(min(STEP, max(0.0, deadline - time.monotonic())))
+
+
 def parser() -> argparse.ArgumentParser:
     """Return the ``stats`` argument parser."""
     p = argparse.ArgumentParser(prog="fabmurder stats", description=__doc__)
-    p.add_argument("--url", required=True, help="the tracker's /stats URL")
+    p.add_argument("--url", required=True, help="the tracker's /stats or /progress URL")
     p.add_argument("--timeout", type=float, default=TIMEOUT)
+    p.add_argument(
+        "--wait", type=float, default=0.0, help="long poll: wait up to this many seconds ..."
+    )
+    p.add_argument("--while-seq", type=int, help="... while the reply's seq is still this")
     return p
 
 
@@ -52,7 +74,12 @@ def main(argv: list[str]) -> int:
     """Run ``stats`` and print the tracker's JSON."""
 
     def body(args: argparse.Namespace) -> int:
-        emit(fetch(args.url, args.timeout))
+        if args.wait < 0 or args.wait > 60:
+            raise MurderError("--wait must be between 0 and 60 seconds")
+        if args.while_seq is None:
+            emit(fetch(args.url, args.timeout))
+        else:
+            emit(follow(args.url, args.wait, args.while_seq, args.timeout))
         return EXIT_OK
 
     return run(parser(), argv, body)

@@ -246,7 +246,11 @@ class Tracker:
         except RequestError as exc:
             self.counters.failures += 1
             return 400, PLAIN, f"{exc}\n".encode()
-        body = json.dumps(self.progress.view(info_hash, since), sort_keys=True).encode()
+        view = self.progress.view(info_hash, since)
+        # the swarm's own numbers too, so one request draws the whole progress line
+        swarm = self.swarms.swarms.get(info_hash)
+        view["swarm"] = swarm.stats() if swarm is not None else None
+        body = json.dumps(view, sort_keys=True).encode()
         return 200, JSON, body
 
     def metrics(self, query: bytes, ip: str) -> Reply:

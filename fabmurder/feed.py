@@ -1,0 +1,116 @@
+"""The tracker's progress feed, as the watch follows it: one long poll for the whole swarm.
+
+The peer agents report their progress to fabmurder's tracker (``/report``,
+see :mod:`fabmurder.tracker.progress`). The watch keeps one long poll of the
+tracker's ``/progress`` open through the tracker host (the host command
+``stats --wait``), so following N peers costs one process on one host
+however large N is, where reading every peer's status over SSH cost one
+process per peer and poll.
+
+The feed only says *when* to look at a peer: one whose report says it
+installed, failed or stopped, or that the tracker marked silent. The watch
+then reads that peer's status once over SSH, and that read decides, as it
+always did. A feed that fails (an older tracker, a tracker that died) is
+dropped, and the watch polls every peer again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fabric import Connection
+
+from fabmurder import contract
+from fabmurder.config import Settings
+from fabmurder.contract import parse_reply
+from fabmurder.errors import HostError
+from fabmurder.remote import QUIET, agent_command, failure_reason, host_name
+
+if TYPE_CHECKING:
+    from fabmurder.tracker.progress import PeerReport
+
+#: seconds the tracker host's command may take beyond its wait before the poll counts as hung
+SLACK = 20.0
+
+
+class FeedError(HostError):
+    """The tracker's ``/progress`` could not be read, or answered nonsense."""
+
+
+@dataclass
+class Feed:
+    """One swarm's ``/progress``: where it is read, and how far the watch has read it."""
+
+    #: the tracker's ``/progress`` URL (under the tracker token)
+    url: str
+    info_hash: str
+    #: host -> the id its agent reports under
+    report_ids: Mapping[str, str]
+    #: the sequence number of the last change taken in
+    seq: int = 0
+    #: the swarm's totals and the tracker's own numbers of it, as last read
+    totals: dict[str, int] = field(default_factory=dict)
+    swarm: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.hosts = {rid: host for host, rid in self.report_ids.items()}
+
+    def command(self, s: Settings, wait: float) -> str:
+        """Return the tracker host's command: a long poll past the last change read."""
+        url = f"{self.url}?info_hash={self.info_hash.lower()}&since={self.seq}"
+        return agent_command(
+            s, "stats", "--url", url, "--wait", f"{wait:.2f}", "--while-seq", self.seq
+        )
+
+    def read(self, conn: Connection, s: Settings, wait: float) -> dict[str, Any]:
+        """Run one long poll on the tracker host; return its JSON.
+
+        :raises FeedError: when the command fails or prints no object.
+        """
+        result = conn.run(self.command(s, wait), timeout=wait + SLACK, **QUIET)
+        if result.exited != 0:
+            raise FeedError(host_name(conn), f"progress: {failure_reason(result)}", result)
+        doc = parse_reply(result.stdout)
+        if not isinstance(doc, dict):
+            raise FeedError(host_name(conn), "progress: the tracker printed no JSON object")
+        return doc
+
+    def take(self, doc: Mapping[str, Any]) -> dict[str, PeerReport]:
+        """Take in one ``/progress`` reply; return host -> its report, for each that changed.
+
+        Reports under ids this run did not hand out are ignored.
+
+        :raises FeedError: on a reply that is not a ``/progress`` document.
+        """
+        seq, changes, totals = doc.get("seq"), doc.get("changes"), doc.get("totals")
+        if (
+            not isinstance(seq, int)
+            or not isinstance(changes, dict)
+            or not isinstance(totals, dict)
+        ):
+            raise FeedError("tracker", f"progress: not a /progress reply: {sorted(doc)}")
+        if seq < self.seq:
+            # the tracker restarted and lost the reports: read them all again
+            self.seq = 0
+            return {}
+        self.seq = seq
+        self.totals = {k: v for k, v in totals.items() if isinstance(v, int)}
+        swarm = doc.get("swarm")
+        self.swarm = dict(swarm) if isinstance(swarm, dict) else {}
+        out: dict[str, PeerReport] = {}
+        for rid, report in changes.items():
+            host = self.hosts.get(rid)
+            if (
+                host is not None
+                and isinstance(report, dict)
+                and report.get("state") in contract.STATES
+            ):
+                out[host] = report  # type: ignore[assignment]
+        return out
+
+
+def settled(report: PeerReport) -> bool:
+    """Return True for a report after which only the peer's own status can tell more."""
+    return bool(report["installed"] or report["silent"] or report["state"] in contract.FINAL_STATES)
