@@ -102,9 +102,11 @@ TEMP_INFIX = ".tmp-"
 #: the roles that run an agent per release, and their files' suffixes
 AGENT_ROLES = ("seed", "peer")
 _AGENT_SUFFIXES = (".pid", ".log", ".status.json")
-_RELEASE_SUFFIXES = (".tar", ".torrent")
+_RELEASE_SUFFIXES = (".tar", ".torrent", ".tree")
 #: beside ``destination_path/<tag>``: the SHA-256 of the artifact installed there
 MARKER_SUFFIX = ".sha256"
+#: beside ``destination_path/<tag>``: a tree release's manifest, for the next release to reuse
+MANIFEST_SUFFIX = ".manifest"
 
 
 def tarball(tag: str) -> str:
@@ -140,6 +142,16 @@ def upload(tag: str) -> tuple[str, str]:
 def marker(tag: str) -> str:
     """Return the name of the marker beside ``destination_path/<tag>``."""
     return f".{tag}{MARKER_SUFFIX}"
+
+
+def manifest_record(tag: str) -> str:
+    """Return the name of the manifest kept beside a tree release ``destination_path/<tag>``."""
+    return f".{tag}{MANIFEST_SUFFIX}"
+
+
+def tree_link(tag: str) -> str:
+    """Return the name of the seeder's symlink to a tree release (``create --layout tree``)."""
+    return f"{tag}.tree"
 
 
 def inline_temp(name: str) -> str:

@@ -288,7 +288,7 @@ def test_a_release_too_big_for_the_disk_is_refused_before_writing(
 ) -> None:
     src = make_release_tree(tmp_path / "src")
     artifact.pack(str(src), str(tmp_path / "r.tar"))
-    monkeypatch.setattr(artifact, "_free_bytes", lambda path: 1000)
+    monkeypatch.setattr(artifact, "free_bytes", lambda path: 1000)
     with pytest.raises(ArtifactError, match="not enough space"):
         artifact.extract(str(tmp_path / "r.tar"), str(tmp_path / "dest"), "v1")
     assert os.listdir(tmp_path / "dest") == []
@@ -316,7 +316,7 @@ def test_a_full_disk_fails_cleanly_with_nothing_half_written(
         (src / f"part{i}").write_bytes(os.urandom(400_000))
     artifact.pack(str(src), str(tmp_path / "r.tar"))
     # Pretend the up-front check passed, so the write itself hits ENOSPC.
-    monkeypatch.setattr(artifact, "_free_bytes", lambda path: 1 << 40)
+    monkeypatch.setattr(artifact, "free_bytes", lambda path: 1 << 40)
     with pytest.raises(ArtifactError, match="no space left"):
         artifact.extract(str(tmp_path / "r.tar"), str(tiny_disk), "v1")
     assert os.listdir(tiny_disk) == []

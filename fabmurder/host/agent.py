@@ -167,6 +167,8 @@ class Agent:
         self.flushes_after_finish = 0
         #: (leechers, when) from the last scrape reply not yet looked at
         self.scrape: tuple[int, float] | None = None
+        #: until when a file error means a tree release moving into place (transfer.MOVE_GRACE)
+        self.moving_until = 0.0
         #: the tracker's last announce or scrape failed; when to announce next
         self.tracker_lost = False
         self.next_announce = time.monotonic() + REANNOUNCE_INTERVAL
@@ -202,8 +204,12 @@ class Agent:
 
     # -- libtorrent ----------------------------------------------------
 
-    def open_session(self) -> None:
-        """Start a session listening on ``--bind:--port`` and add the torrent."""
+    def open_session(self, save_path: str | None = None, ti: Any = None) -> None:
+        """Start a session listening on ``--bind:--port`` and add the torrent.
+
+        :param save_path: where the torrent's files are (default ``--save-path``).
+        :param ti: the ``torrent_info`` to add (default: the torrent's, as read).
+        """
         import libtorrent as lt
 
         args = self.args
@@ -222,8 +228,8 @@ class Agent:
             self.ses.set_ip_filter(profile.ip_filter(args.allow))
         self._wait_listening()
         params = lt.add_torrent_params()
-        params.ti = lt.torrent_info(self.meta.raw)
-        params.save_path = os.path.abspath(args.save_path)
+        params.ti = ti if ti is not None else lt.torrent_info(self.meta.raw)
+        params.save_path = os.path.abspath(save_path or args.save_path)
         # Never auto-managed: nothing may queue or pause our one torrent.
         params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
         params.flags &= ~lt.torrent_flags.seed_mode
@@ -267,7 +273,13 @@ class Agent:
                 self.status["hash_failures"] += 1
                 self.transfer.piece_checked(alert.piece_index, self.block_sizes(alert.piece_index))
             elif isinstance(alert, lt.file_error_alert | lt.torrent_error_alert):
-                if strict:
+                if time.monotonic() < self.moving_until:
+                    # A read between a tree release's rename and the symlink that
+                    # follows it: the data is whole, only its path moved.
+                    print(f"while installing: {alert.message()}; resuming", flush=True)
+                    self.handle.clear_error()
+                    self.handle.resume()
+                elif strict:
                     raise MurderError(f"disk or torrent error: {alert.message()}")
             elif isinstance(alert, lt.torrent_finished_alert):
                 self.finished = True
@@ -332,9 +344,7 @@ class Agent:
 
     def block_sizes(self, piece: int) -> list[int]:
         """Return the sizes of the 16 KiB blocks of ``piece`` (the last may be short)."""
-        length = self.meta.piece_size
-        if piece == self.meta.num_pieces - 1:
-            length = self.meta.size - length * (self.meta.num_pieces - 1)
+        length = self.meta.piece_length(piece)
         return [min(BLOCK_SIZE, length - start) for start in range(0, length, BLOCK_SIZE)]
 
     def checking(self) -> bool:

@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 
-from fabmurder.contract import marker
+from fabmurder.contract import manifest_record, marker
 from fabmurder.errors import ArtifactError
 from fabmurder.host.atomic import replace_file
 
@@ -130,7 +130,7 @@ def pack(src: str, out_path: str) -> Packed:
             os.fsync(raw.fileno())
         os.rename(tmp, out_path)
     except BaseException:
-        _remove_quietly(tmp)
+        remove_quietly(tmp)
         raise
     return Packed(path=out_path, sha256=writer.digest.hexdigest(), size=writer.size, files=files)
 
@@ -317,12 +317,14 @@ def _required_bytes(members: list[tarfile.TarInfo]) -> int:
     return sum(((m.size + 4095) // 4096 + 1) * 4096 for m in members)
 
 
-def _free_bytes(path: str) -> int:
+def free_bytes(path: str) -> int:
+    """Return the bytes this user may still write on ``path``'s file system."""
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
 
 
-def _remove_quietly(path: str) -> None:
+def remove_quietly(path: str) -> None:
+    """Remove the file, symlink or tree at ``path``; an error is no error."""
     try:
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
@@ -368,7 +370,8 @@ def installed_sha256(dest: str, tag: str) -> str | None:
     return text
 
 
-def _write_marker(dest: str, tag: str, sha256: str) -> None:
+def write_marker(dest: str, tag: str, sha256: str) -> None:
+    """Record the digest of the release now at ``dest/<tag>`` (by temp file and rename)."""
     data = (sha256.strip().lower() + "\n").encode("ascii")
     replace_file(marker_path(dest, tag), data, mode=0o644, prefix=f".{tag}.marker-")
 
@@ -417,7 +420,7 @@ def extract(
             members = tar.getmembers()
         except tarfile.TarError as exc:
             raise ArtifactError(f"corrupt tarball {name}: {exc}", path=name) from exc
-        need, free = _required_bytes(members), _free_bytes(dest)
+        need, free = _required_bytes(members), free_bytes(dest)
         if need > free:
             raise ArtifactError(
                 f"not enough space in {dest}: need {need} bytes, {free} free", path=dest
@@ -429,12 +432,13 @@ def extract(
             _check_tree_links(os.path.realpath(partial))
             # The old marker goes first: a crash between the two renames must
             # leave "not ours" (refused, needs force), never a wrong claim.
-            _remove_quietly(marker_path(dest, tag))
-            _install(partial, final, force)
+            remove_quietly(marker_path(dest, tag))
+            remove_quietly(os.path.join(dest, manifest_record(tag)))
+            install_dir(partial, final, force)
             if sha256:
-                _write_marker(dest, tag, sha256)
+                write_marker(dest, tag, sha256)
         except BaseException as exc:
-            _remove_quietly(partial)
+            remove_quietly(partial)
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 raise ArtifactError(
                     f"no space left on device while extracting to {dest}", dest
@@ -454,7 +458,7 @@ def remove_leftovers(dest: str, tag: str) -> list[str]:
     removed = []
     for name in os.listdir(dest):
         if name.startswith((f".{tag}.partial-", f".{tag}.old-", f".{tag}.marker-")):
-            _remove_quietly(os.path.join(dest, name))
+            remove_quietly(os.path.join(dest, name))
             removed.append(name)
     return removed
 
@@ -484,7 +488,8 @@ def _extract_members(tar: tarfile.TarFile, members: list[tarfile.TarInfo], root:
     os.chmod(root, top_mode)
 
 
-def _install(partial: str, final: str, force: bool) -> None:
+def install_dir(partial: str, final: str, force: bool) -> None:
+    """Rename ``partial`` to ``final``; with ``force`` an old ``final`` is moved aside first."""
     if os.path.lexists(final):
         if not force:
             raise ArtifactError(f"destination {final} appeared during extraction", path=final)
@@ -496,8 +501,8 @@ def _install(partial: str, final: str, force: bool) -> None:
             os.rename(partial, final)
         except BaseException:
             os.rename(old, final)
-            _remove_quietly(aside)
+            remove_quietly(aside)
             raise
-        _remove_quietly(aside)
+        remove_quietly(aside)
     else:
         os.rename(partial, final)

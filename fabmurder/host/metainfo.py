@@ -1,9 +1,11 @@
 """Creating torrent files for a release and reading them back with suspicion.
 
-A release torrent is a v1, single-file torrent whose one file is
+A tarball release torrent is a v1, single-file torrent whose one file is
 ``<tag>.tar``. v1 keeps it readable by every client we test against
 (aria2c, bencode.py); the tarball's SHA-256, checked after download, covers
-what SHA-1 piece hashes do not. Reading never lets a libtorrent exception
+what SHA-1 piece hashes do not. A tree release's torrent is a hybrid one
+with its manifest inside (created and read by :mod:`fabmurder.host.tree`,
+which :func:`parse` hands it to). Reading never lets a libtorrent exception
 escape: anything malformed or unexpected is a :class:`TorrentError` with a
 sentence a human can act on.
 """
@@ -14,6 +16,7 @@ import os
 
 from fabmurder.errors import TorrentError
 from fabmurder.host.atomic import replace_file
+from fabmurder.host.manifest import digest as manifest_digest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,12 +32,25 @@ MIN_PIECE_SIZE = 16 * 1024
 MAX_PIECE_SIZE = 16 * 1024 * 1024
 #: a release torrent is a few KiB per GiB; anything larger is not ours
 MAX_TORRENT_BYTES = 16 * 1024 * 1024
+#: the key of a tree release's manifest inside the torrent's info dictionary
+MANIFEST_KEY = b"fabmurder manifest"
 
 
 class Metainfo:
     """The facts about a release torrent that the agent relies on (a plain class, see Packed)."""
 
-    __slots__ = ("info_hash", "name", "size", "piece_size", "num_pieces", "announce", "raw")
+    __slots__ = (
+        "info_hash",
+        "name",
+        "size",
+        "piece_size",
+        "num_pieces",
+        "announce",
+        "raw",
+        "manifest",
+        "digest",
+        "lengths",
+    )
 
     def __init__(
         self,
@@ -45,6 +61,8 @@ class Metainfo:
         num_pieces: int,
         announce: str | None,
         raw: bytes,
+        manifest: dict[str, Any] | None = None,
+        lengths: list[int] | None = None,
     ) -> None:
         self.info_hash = info_hash
         self.name = name
@@ -53,6 +71,20 @@ class Metainfo:
         self.num_pieces = num_pieces
         self.announce = announce
         self.raw = raw
+        #: a tree release's manifest (see :mod:`fabmurder.host.tree`), None for a tarball
+        self.manifest = manifest
+        #: the release digest the control side compares: the manifest's, or None for a tarball
+        self.digest = manifest_digest(manifest) if manifest is not None else None
+        #: payload bytes of each piece, when pieces are not all piece_size (pad files)
+        self.lengths = lengths
+
+    def piece_length(self, piece: int) -> int:
+        """Return the payload bytes of ``piece`` (pad bytes are never sent)."""
+        if self.lengths is not None:
+            return self.lengths[piece]
+        if piece == self.num_pieces - 1:
+            return self.size - self.piece_size * (self.num_pieces - 1)
+        return self.piece_size
 
 
 def default_piece_size(size: int, peers: int = 1) -> int:
@@ -116,11 +148,32 @@ def create(
     return parse(data)
 
 
-def _get(d: dict[bytes, Any], key: bytes, kind: type | tuple[type, ...], what: str) -> Any:
+def get(d: dict[bytes, Any], key: bytes, kind: type | tuple[type, ...], what: str) -> Any:
     value = d.get(key)
     if not isinstance(value, kind) or isinstance(value, bool):
         raise TorrentError(f"malformed torrent: {what} is missing or has the wrong type")
     return value
+
+
+def name_of(info: dict[bytes, Any]) -> str:
+    """Return the torrent's ``info.name`` if it is one safe file name.
+
+    :raises TorrentError: otherwise.
+    """
+    name_raw = get(info, b"name", bytes, "'info.name'")
+    try:
+        name = str(name_raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise TorrentError("malformed torrent: 'info.name' is not UTF-8") from exc
+    if not name or "/" in name or name in (".", "..") or "\x00" in name:
+        raise TorrentError(f"malformed torrent: unsafe file name {name!r}")
+    return name
+
+
+def announce_of(top: dict[bytes, Any]) -> str | None:
+    """Return the torrent's announce URL, or None."""
+    raw = top.get(b"announce")
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else None
 
 
 def parse(data: bytes) -> Metainfo:
@@ -140,21 +193,19 @@ def parse(data: bytes) -> Metainfo:
         raise TorrentError(f"malformed torrent: not valid bencoding ({exc})") from exc
     if not isinstance(top, dict):
         raise TorrentError("malformed torrent: the top level is not a dictionary")
-    info = _get(top, b"info", dict, "'info'")
-    name_raw = _get(info, b"name", bytes, "'info.name'")
-    try:
-        name = name_raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise TorrentError("malformed torrent: 'info.name' is not UTF-8") from exc
-    if not name or "/" in name or name in (".", "..") or "\x00" in name:
-        raise TorrentError(f"malformed torrent: unsafe file name {name!r}")
+    info = get(top, b"info", dict, "'info'")
+    if MANIFEST_KEY in info:
+        from fabmurder.host import tree
+
+        return tree.parse(top, info, bytes(data))
+    name = name_of(info)
     if b"meta version" in info or b"file tree" in info:
         raise TorrentError("malformed torrent: a release torrent must be v1 only")
     if b"files" in info:
         raise TorrentError("malformed torrent: a release torrent holds exactly one file")
-    length = _get(info, b"length", int, "'info.length'")
-    piece_size = _get(info, b"piece length", int, "'info.piece length'")
-    pieces = _get(info, b"pieces", bytes, "'info.pieces'")
+    length = get(info, b"length", int, "'info.length'")
+    piece_size = get(info, b"piece length", int, "'info.piece length'")
+    pieces = get(info, b"pieces", bytes, "'info.pieces'")
     if length <= 0:
         raise TorrentError(f"malformed torrent: length {length} is not positive")
     try:
@@ -166,8 +217,7 @@ def parse(data: bytes) -> Metainfo:
         raise TorrentError(
             f"malformed torrent: {len(pieces) // 20} piece hashes for {expected_pieces} pieces"
         )
-    announce_raw = top.get(b"announce")
-    announce = announce_raw.decode("utf-8", "replace") if isinstance(announce_raw, bytes) else None
+    announce = announce_of(top)
     try:
         ti = lt.torrent_info(bytes(data))
     except Exception as exc:
@@ -202,7 +252,7 @@ def read(path: str, *, tag: str | None = None, info_hash: str | None = None) -> 
         meta = parse(data)
     except TorrentError as exc:
         raise TorrentError(f"{path}: {exc}") from exc
-    if tag is not None and meta.name != f"{tag}.tar":
+    if tag is not None and meta.name != (tag if meta.manifest is not None else f"{tag}.tar"):
         raise TorrentError(
             f"{path}: torrent is for {meta.name!r}, not release {tag!r}", info_hash=meta.info_hash
         )

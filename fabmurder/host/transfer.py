@@ -16,8 +16,9 @@ import argparse
 import os
 import time
 
+from fabmurder import contract
 from fabmurder.errors import ArtifactError, ConfigError, MurderError
-from fabmurder.host import artifact, metainfo, privatedir, profile
+from fabmurder.host import artifact, metainfo, privatedir, profile, staging, tree
 from fabmurder.host.agent import Agent, StopFlag
 from fabmurder.host.cli import EXIT_FAILED, EXIT_OK, fail, raise_fd_limit, run
 from fabmurder.host.daemon import notify_ready
@@ -36,15 +37,25 @@ FLUSH_TIMEOUT = 60.0
 #: libtorrent piece priorities: a peer's own slice first, the rest as usual
 STRIPE_PRIORITY = 7
 DEFAULT_PRIORITY = 4
+#: how long after a tree release's rename a file error is taken for the move (see Agent.pump)
+MOVE_GRACE = 5.0
 
 
 def seed(agent: Agent) -> int:
     """Serve the release until SIGTERM; fail if the data on disk does not match the torrent."""
-    tarball = os.path.join(agent.args.save_path, agent.meta.name)
-    if not os.path.isfile(tarball):
-        raise ArtifactError(f"seed data {tarball} is missing", path=tarball)
-    agent.set_state("checking")
-    agent.open_session()
+    if agent.meta.manifest is not None:
+        # A tree is served where it is, through create's <tag>.tree symlink.
+        data = os.path.join(agent.args.save_path, contract.tree_link(agent.tag))
+        if not os.path.isdir(data):
+            raise ArtifactError(f"seed data {data} is missing", path=data)
+        agent.set_state("checking")
+        agent.open_session(ti=tree.served_from(agent.meta, contract.tree_link(agent.tag)))
+    else:
+        tarball = os.path.join(agent.args.save_path, agent.meta.name)
+        if not os.path.isfile(tarball):
+            raise ArtifactError(f"seed data {tarball} is missing", path=tarball)
+        agent.set_state("checking")
+        agent.open_session()
     while agent.checking() and not StopFlag.requested:
         agent.pump()
     if not StopFlag.requested and not agent.complete():
@@ -86,9 +97,38 @@ def peer(agent: Agent) -> int:
     started = time.monotonic()
     deadline = started + args.timeout
     privatedir.ensure(args.save_path)
-    artifact.claim_download(os.path.join(args.save_path, agent.meta.name))
+    stage = _stage(agent) if agent.meta.manifest is not None else None
+    try:
+        return _fetch(agent, stage, deadline)
+    finally:
+        if stage is not None:
+            # Only the symlink left in it once installed (libtorrent served through it).
+            stage.discard()
+
+
+def _stage(agent: Agent) -> staging.Stage:
+    """Check a tree release's digest and stage it, filled from the releases already here."""
+    args = agent.args
+    expected = args.sha256.strip().lower()
+    if agent.meta.digest != expected:
+        raise ArtifactError(
+            f"the torrent's manifest has digest {agent.meta.digest}, not the {expected} "
+            "the control side recorded"
+        )
+    assert agent.meta.manifest is not None
     agent.set_state("checking")
-    agent.open_session()
+    stage = staging.begin(args.dest, args.tag, agent.meta.manifest)
+    agent.status.update(reused=stage.reused.bytes, reused_files=stage.reused.files)
+    return stage
+
+
+def _fetch(agent: Agent, stage: staging.Stage | None, deadline: float) -> int:
+    """Download the release (into the stage, or the tarball), install it, then seed."""
+    args = agent.args
+    if stage is None:
+        artifact.claim_download(os.path.join(args.save_path, agent.meta.name))
+    agent.set_state("checking")
+    agent.open_session(save_path=stage.partial if stage is not None else None)
     notify_ready()
     while agent.checking() and not StopFlag.requested:
         agent.pump()
@@ -108,10 +148,15 @@ def peer(agent: Agent) -> int:
     agent.status["downloaded_at"] = time.time()
     agent.set_state("verifying")
     _flush(agent)
-    tarball = os.path.join(args.save_path, agent.meta.name)
-    with _open_verified(agent, tarball) as verified:
-        agent.set_state("extracting")
-        artifact.extract(verified, args.dest, args.tag, force=args.force, sha256=args.sha256)
+    if stage is not None:
+        # libtorrent may read a piece while the tree moves: a file error then is no failure.
+        agent.moving_until = time.monotonic() + MOVE_GRACE
+        staging.complete(stage, force=args.force)
+    else:
+        tarball = os.path.join(args.save_path, agent.meta.name)
+        with _open_verified(agent, tarball) as verified:
+            agent.set_state("extracting")
+            artifact.extract(verified, args.dest, args.tag, force=args.force, sha256=args.sha256)
     agent.status["installed"] = True
     agent.status["installed_at"] = time.time()
     agent.set_state("seeding")

@@ -1,0 +1,175 @@
+"""A tree release's torrent: a hybrid (v1 + v2) torrent of its files, with the manifest inside.
+
+BEP 52 aligns every file to a piece boundary and gives it a merkle
+``pieces root``, so a file has the same root (and the same pieces) in every
+release that holds it: a peer can fill a new release from its old ones,
+and libtorrent's check tells which pieces are already right. The v1 half
+(with pad files) keeps the v1 info-hash, which the tracker's allow-list and
+the control side use, as it is for tarball releases.
+
+The torrent's name is the tag and its files are the manifest's non-empty
+files (``<tag>/<path>``); the manifest (:mod:`fabmurder.host.manifest`)
+rides in the info dictionary under :data:`~fabmurder.host.metainfo.MANIFEST_KEY`,
+so the info-hash covers it too. :func:`parse` checks that the two agree,
+file for file, before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from fabmurder.errors import ArtifactError, TorrentError
+from fabmurder.host import manifest, metainfo
+from fabmurder.host.atomic import replace_file
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def create(
+    src: str, torrent_path: str, tag: str, announce: str, piece_size: int
+) -> tuple[metainfo.Metainfo, dict[str, Any]]:
+    """Hash the tree ``src`` into a hybrid torrent written atomically to ``torrent_path``.
+
+    Returns the parsed torrent and the manifest. libtorrent computes every
+    file's root while it hashes the pieces; the manifest takes them from it.
+
+    :raises ArtifactError: if the tree holds something a manifest refuses,
+        or no non-empty file.
+    :raises TorrentError: on a bad piece size or announce URL.
+    """
+    import libtorrent as lt
+
+    metainfo.check_piece_size(piece_size)
+    if not announce.startswith(("http://", "https://")):
+        raise TorrentError(f"announce URL {announce!r} must be http:// or https://")
+    src = os.path.realpath(src)
+    tree = manifest.scan(src, hash_files=False)
+    entries = manifest.files(tree)
+    if not entries:
+        raise ArtifactError(f"{src} holds no non-empty file to ship as a tree", path=src)
+    files = [lt.create_file_entry(f"{tag}/{e['path']}", e["size"]) for e in entries]
+    creator = lt.create_torrent(files, piece_size, 0)  # flags 0: hybrid v1 + v2
+    creator.add_tracker(announce)
+    creator.set_creator("fabmurder")
+    creator.set_priv(True)
+    # libtorrent reads <base>/<tag>/<path>: a private directory with one symlink
+    # named <tag> to the tree gives it that view without copying anything.
+    out_dir = os.path.dirname(os.path.abspath(torrent_path))
+    base = tempfile.mkdtemp(dir=out_dir, prefix=f".{tag}.hash-")
+    try:
+        os.symlink(src, os.path.join(base, tag))
+        lt.set_piece_hashes(creator, base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    generated = creator.generate()
+    roots = _roots(lt.torrent_info(lt.bencode(generated)), tag)
+    for e in entries:
+        e["root"] = roots[e["path"]][1]
+    # What the peers will refuse is refused here already, with the same sentence.
+    manifest.validate(tree)
+    generated[b"info"][metainfo.MANIFEST_KEY] = manifest.pack(tree)
+    data = lt.bencode(generated)
+    replace_file(torrent_path, data, fsync=True)
+    return parse_bytes(data), tree
+
+
+def _roots(ti: Any, name: str) -> dict[str, tuple[int, str]]:
+    """Return ``{path: (size, root hex)}`` of the torrent's real files (pads left out)."""
+    layout = ti.layout()
+    prefix = name + "/"
+    out: dict[str, tuple[int, str]] = {}
+    for i in range(layout.num_files()):
+        if layout.file_flags(i) & (layout.flag_pad_file | layout.flag_symlink):
+            if layout.file_flags(i) & layout.flag_symlink:
+                raise TorrentError("malformed torrent: a tree torrent carries no symlinks")
+            continue
+        path = layout.file_path(i).replace(os.sep, "/")
+        if not path.startswith(prefix):
+            raise TorrentError(f"malformed torrent: file {path!r} is outside {name!r}")
+        out[path[len(prefix) :]] = (int(layout.file_size(i)), str(layout.root(i)))
+    return out
+
+
+def parse_bytes(data: bytes) -> metainfo.Metainfo:
+    """Parse a tree torrent's bytes (as :func:`fabmurder.host.metainfo.parse` does)."""
+    meta = metainfo.parse(data)
+    if meta.manifest is None:
+        raise TorrentError("malformed torrent: not a tree release")
+    return meta
+
+
+def parse(top: dict[bytes, Any], info: dict[bytes, Any], data: bytes) -> metainfo.Metainfo:
+    """Check a decoded tree torrent and its manifest against each other; return its facts.
+
+    :raises TorrentError: if the torrent is not hybrid, the manifest is
+        hostile or malformed, or the two disagree on any file.
+    """
+    import libtorrent as lt
+
+    name = metainfo.name_of(info)
+    blob = metainfo.get(info, metainfo.MANIFEST_KEY, bytes, "the manifest")
+    try:
+        tree = manifest.unpack(blob)
+    except ArtifactError as exc:
+        raise TorrentError(f"malformed torrent: {exc}") from exc
+    piece_size = metainfo.get(info, b"piece length", int, "'info.piece length'")
+    try:
+        metainfo.check_piece_size(piece_size)
+        ti = lt.torrent_info(data)
+    except TorrentError as exc:
+        raise TorrentError(f"malformed torrent: {exc}") from exc
+    except Exception as exc:  # libtorrent raises RuntimeError
+        raise TorrentError(f"malformed torrent: {exc}") from exc
+    hashes = ti.info_hashes()
+    if not (hashes.has_v1() and hashes.has_v2()):
+        raise TorrentError("malformed torrent: a tree release torrent must be hybrid (v1 + v2)")
+    carried = _roots(ti, name)
+    listed = {e["path"]: (e["size"], e["root"]) for e in manifest.files(tree)}
+    if carried != listed:
+        odd = sorted(set(carried.items()) ^ set(listed.items()))[0][0]
+        raise TorrentError(f"malformed torrent: the manifest and the torrent disagree on {odd!r}")
+    return metainfo.Metainfo(
+        info_hash=str(hashes.v1),
+        name=name,
+        size=sum(size for size, _root in listed.values()),
+        piece_size=piece_size,
+        num_pieces=ti.num_pieces(),
+        announce=metainfo.announce_of(top),
+        raw=data,
+        manifest=tree,
+        lengths=_payload_lengths(ti),
+    )
+
+
+def _payload_lengths(ti: Any) -> list[int]:
+    """Return each piece's payload bytes: its size less the pad bytes inside it."""
+    layout = ti.layout()
+    lengths = [int(ti.piece_size(p)) for p in range(ti.num_pieces())]
+    for i in range(layout.num_files()):
+        if layout.file_flags(i) & layout.flag_pad_file:
+            offset, size = int(layout.file_offset(i)), int(layout.file_size(i))
+            piece = offset // ti.piece_length()
+            lengths[piece] -= size
+    return lengths
+
+
+def served_from(meta: metainfo.Metainfo, top: str) -> Any:
+    """Return the torrent_info of a tree release with its files under ``top/``, not ``<tag>/``.
+
+    The seeder serves the tree through a symlink of another name; renaming
+    files in a ``torrent_info`` changes where they are read, not the info-hash.
+    """
+    import libtorrent as lt
+
+    ti = lt.torrent_info(meta.raw)
+    layout = ti.layout()
+    prefix = meta.name + "/"
+    for i in range(layout.num_files()):
+        path = layout.file_path(i).replace(os.sep, "/")
+        if path.startswith(prefix):
+            ti.rename_file(i, f"{top}/{path[len(prefix) :]}")
+    return ti
