@@ -143,8 +143,17 @@ fleet_ns.add_task(fleet_up, name="up")
 fleet_ns.add_task(fleet_down, name="down")
 fleet_ns.add_task(fleet_status, name="status")
 
+
+@task(name="delta")
+def bench_delta(c: Context) -> None:
+    """Benchmark delta deploys: full, 1 % changed, rsync push, many files (benchmarks.delta)."""
+    with c.cd(str(ROOT)):
+        c.run(f"{PYTHON} -m benchmarks.delta {passthrough()}".strip(), pty=False)
+
+
 bench_ns = Collection("bench")
 bench_ns.add_task(bench_tracker)
 bench_ns.add_task(bench_scaling, default=True)
+bench_ns.add_task(bench_delta)
 
 ns = Collection(test, lint, docs, demo, fleet_ns, bench_ns)

@@ -1,0 +1,302 @@
+"""Delta benchmark: a tree release, then 1 % of it changed, against an rsync push; many small files.
+
+Run as root on Linux (``inv bench.delta``). It brings up its own fleet
+(name ``delta``; host 1 is tracker and seeder, links capped with ``tc``)
+and measures, each with the real :func:`fabmurder.pipeline.distribute_files`:
+
+- ``full``: a tree of about ``--size-mib`` in ``--files`` files (small
+  sources, medium libraries, a few large binaries) to N empty peers;
+- ``delta``: the same tree with about 1 % of its bytes changed (1 % of the
+  files rewritten, 5 added, 5 removed, 5 renamed, one large file changed
+  inside) to the peers holding the first;
+- ``rsync``: ``rsync -a --link-dest`` of the changed tree from the seeder to
+  every peer at once, each holding the first tree;
+- ``many_files`` / ``one_file``: ``--small-files`` files of 1-8 KiB as a tree,
+  and one file of the same size as a tarball, to 4 uncapped peers.
+
+Bytes are the kernel's NIC counters (``/sys/class/net/eth0/statistics``):
+what the seeder sent, and what every host sent in all (SSH included). The
+control side has no setting for tree releases yet, so the benchmark passes
+``--layout tree`` to ``create`` itself. Results go to ``docs/delta-results.json``
+and ``docs/delta.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from invoke import Context
+
+from benchmarks.scaling import context, load, shape
+from fabmurder import distribution, install, pipeline
+from fabmurder.config import settings
+from fabmurder.testing import fleet as fleets
+from fabmurder.testing.fleet import Fleet, Host
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "delta-results.json"
+PLOT = ROOT / "docs" / "delta.png"
+DEST = "/srv/releases"
+MIB = 1024 * 1024
+
+
+def tree_layout(on: bool) -> None:
+    """Make ``create`` ship trees (``--layout tree``) from now on, or tarballs again."""
+    real = getattr(distribution, "_real_run_agent", distribution.run_agent)
+    distribution._real_run_agent = real  # type: ignore[attr-defined]
+
+    def run_agent(conn: Any, s: Any, command: str, *args: Any, **kw: Any) -> Any:
+        extra = ["--layout", "tree"] if on and command == "create" else []
+        return real(conn, s, command, *args, *extra, **kw)
+
+    distribution.run_agent = run_agent  # type: ignore[assignment]
+
+
+def make_tree(root: Path, size_mib: int, files: int, seed: int = 1) -> None:
+    """Write about ``size_mib`` in ``files`` files: 90 % small, 9.5 % medium, 0.5 % large."""
+    rnd = random.Random(seed)
+    large = max(1, files // 200)
+    medium = max(1, files * 95 // 1000)
+    small = files - large - medium
+    budget = size_mib * MIB
+    sizes = [rnd.randint(500, 8000) for _ in range(small)]
+    sizes += [rnd.randint(40_000, 400_000) for _ in range(medium)]
+    rest = max(MIB, (budget - sum(sizes)) // large)
+    sizes += [rest] * large
+    for i, size in enumerate(sizes):
+        d = root / f"pkg{i % 40}" / f"mod{i % 9}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i}.bin").write_bytes(rnd.randbytes(size))
+    (root / "var" / "empty").mkdir(parents=True)
+
+
+def change_tree(src: Path, dst: Path, seed: int = 2) -> int:
+    """Copy ``src`` to ``dst`` and change about 1 % of it; return the bytes changed."""
+    shutil.copytree(src, dst, symlinks=True)
+    rnd = random.Random(seed)
+    files = sorted(p for p in dst.rglob("*") if p.is_file())
+    changed = 0
+    small = [p for p in files if p.stat().st_size < 400_000]
+    for p in rnd.sample(small, max(1, len(files) // 100)):
+        size = p.stat().st_size
+        p.write_bytes(rnd.randbytes(size))
+        changed += size
+    for p in rnd.sample(small, 5):
+        if p.exists():
+            p.unlink()
+    for i, p in enumerate(rnd.sample(small, 5)):
+        if p.exists():
+            p.rename(p.with_name(f"renamed{i}.bin"))
+    for i in range(5):
+        data = rnd.randbytes(rnd.randint(1000, 20_000))
+        (dst / f"added{i}.bin").write_bytes(data)
+        changed += len(data)
+    big = max(files, key=lambda p: p.stat().st_size if p.exists() else 0)
+    with big.open("r+b") as fh:
+        fh.seek(big.stat().st_size // 2)
+        fh.write(rnd.randbytes(64 * 1024))
+    changed += 64 * 1024
+    return changed
+
+
+def nic(fl: Fleet, hosts: list[Host]) -> dict[str, int]:
+    """Return each host's eth0 transmitted bytes."""
+    cmd = ["cat", "/sys/class/net/eth0/statistics/tx_bytes"]
+    with ThreadPoolExecutor(8) as pool:
+        out = list(pool.map(lambda h: int(fl.run_in(h, cmd).stdout.strip()), hosts))
+    return {h.host_string: n for h, n in zip(hosts, out, strict=True)}
+
+
+def measured(fl: Fleet, hosts: list[Host], run: Any) -> dict[str, Any]:
+    """Run ``run()`` and return its wall time and the bytes the hosts sent meanwhile."""
+    before, load_before = nic(fl, hosts), load()
+    started = time.monotonic()
+    extra = run() or {}
+    seconds = time.monotonic() - started
+    after = nic(fl, hosts)
+    sent = {h: after[h] - before[h] for h in before}
+    seeder = hosts[0].host_string
+    return {
+        "wall_s": round(seconds, 3),
+        "seeder_sent": sent[seeder],
+        "fleet_sent": sum(sent.values()),
+        "load_before": load_before,
+        **extra,
+    }
+
+
+def deploy(fl: Fleet, peers: list[Host], files_path: str, tag: str, extra: dict[str, Any]) -> Any:
+    def run() -> dict[str, Any]:
+        report = pipeline.distribute_files(
+            context(fl, peers, {**extra, "files_path": files_path}), tag=tag
+        )
+        failed = {h: r.reason for h, r in report.hosts.items() if not r.ok}
+        if failed:
+            raise RuntimeError(f"deploy {tag} failed on {failed}")
+        cpu = [r.cpu_seconds or 0.0 for r in report.hosts.values()]
+        received = sum(r.from_seeder + r.from_peers for r in report.hosts.values())
+        return {
+            "peer_cpu_s": round(sum(cpu), 2),
+            "size": report.size,
+            "payload_received": received,
+            "tag": tag,
+        }
+
+    return run
+
+
+def rsync_push(fl: Fleet, peers: list[Host], src: str, base: str) -> Any:
+    ssh = (
+        f"ssh -i {fl.key_path} -o UserKnownHostsFile={fl.known_hosts_path} "
+        "-o StrictHostKeyChecking=yes -o BatchMode=yes"
+    )
+
+    def run() -> dict[str, Any]:
+        pushes = " ".join(
+            f"rsync -a --delete --link-dest={DEST}/{base} -e '{ssh} -p {h.port}' "
+            f"{src}/ {h.user}@{h.address}:{DEST}/rsync-new/ &"
+            for h in peers
+        )
+        out = fl.run_in(fl.hosts[0], ["sh", "-c", f"{pushes} wait; echo done"], timeout=1800)
+        if "done" not in out.stdout:
+            raise RuntimeError(f"rsync push failed: {out.stderr}")
+        return {}
+
+    return run
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Bring up the fleet, run every measurement, tear it down; return the results."""
+    extra: dict[str, Any] = {}
+    wheel_dir = Path(tempfile.mkdtemp(prefix="fabmurder-delta-"))
+    for path in install.wheel_set(settings(Context())).paths:
+        shutil.copy(path, wheel_dir / path.name)
+    extra["wheel_dir"] = str(wheel_dir)
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "n": args.peers,
+        "rate_mbit": args.rate,
+        "size_mib": args.size_mib,
+        "files": args.files,
+        "small_files": args.small_files,
+        "machine": "shared 2-core VM, loaded by other work (see load_before)",
+    }
+    fl = fleets.up(args.peers + 1, rate_mbit=args.rate, name=args.name)
+    try:
+        hosts = fl.hosts[: args.peers + 1]
+        seeder, peers = hosts[0], hosts[1:]
+        pipeline.setup(context(fl, peers, extra))
+        results["changed_bytes"] = on_host(
+            fl,
+            seeder,
+            f"make_tree(B / 'v1', {args.size_mib}, {args.files})\n"
+            "print(change_tree(B / 'v1', B / 'v2'))",
+        )
+        tree_layout(True)
+        stamp = int(time.time())
+        v1, v2 = f"t1-{stamp}", f"t2-{stamp}"
+        results["full"] = measured(fl, hosts, deploy(fl, peers, "/srv/build/v1", v1, extra))
+        print("full", results["full"], flush=True)
+        results["delta"] = measured(fl, hosts, deploy(fl, peers, "/srv/build/v2", v2, extra))
+        print("delta", results["delta"], flush=True)
+        results["rsync"] = measured(fl, hosts, rsync_push(fl, peers, "/srv/build/v2", v1))
+        print("rsync", results["rsync"], flush=True)
+        shape(fl, None)
+        few = peers[:4]
+        sizes = on_host(fl, seeder, f"print(make_small(B / 'small', {args.small_files}))")
+        one = f"head -c {sizes} /dev/urandom > /srv/build/one/payload.bin"
+        fl.run_in(seeder, ["sh", "-c", f"mkdir -p /srv/build/one && {one}"])
+        few_hosts = [seeder, *few]
+        results["many_files_tree"] = measured(
+            fl, few_hosts, deploy(fl, few, "/srv/build/small", f"m-{stamp}", extra)
+        )
+        print("many files, tree", results["many_files_tree"], flush=True)
+        tree_layout(False)
+        results["many_files_tar"] = measured(
+            fl, few_hosts, deploy(fl, few, "/srv/build/small", f"mt-{stamp}", extra)
+        )
+        print("many files, tarball", results["many_files_tar"], flush=True)
+        results["one_file"] = measured(
+            fl, few_hosts, deploy(fl, few, "/srv/build/one", f"o-{stamp}", extra)
+        )
+        print("one file", results["one_file"], flush=True)
+    finally:
+        tree_layout(False)
+        fl.down()
+    return results
+
+
+def make_small(root: Path, count: int) -> int:
+    """Write ``count`` files of 1-8 KiB in ``count // 50`` directories; return their bytes."""
+    rnd = random.Random(3)
+    total = 0
+    for i in range(count):
+        d = root / f"d{i % max(1, count // 50)}"
+        d.mkdir(parents=True, exist_ok=True)
+        data = rnd.randbytes(rnd.randint(1024, 8192))
+        (d / f"m{i}.js").write_bytes(data)
+        total += len(data)
+    return total
+
+
+def on_host(fl: Fleet, host: Host, call: str) -> int:
+    """Run the tree makers on ``host`` (under /srv/build) with ``call``; return what it prints."""
+    source = "\n\n".join(inspect.getsource(f) for f in (make_tree, change_tree, make_small))
+    script = (
+        "from __future__ import annotations\nimport random, shutil\nfrom pathlib import Path\n"
+        f"from typing import Any\nMIB = {MIB}\nB = Path('/srv/build')\n{source}\n{call}\n"
+    )
+    out = fl.run_in(host, ["/usr/bin/python3", "-"], input=script, timeout=900)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Draw wall time and bytes of full, delta and rsync side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["full", "delta", "rsync"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.bar(names, [results[n]["wall_s"] for n in names])
+    a.set_ylabel("wall time (s)")
+    b.bar(names, [results[n]["seeder_sent"] / MIB for n in names], label="seeder sent")
+    b.bar(names, [results[n]["fleet_sent"] / MIB for n in names], alpha=0.4, label="fleet sent")
+    b.set_ylabel("MiB")
+    b.legend()
+    fig.suptitle(f"N={results['n']} at {results['rate_mbit']:g} Mbit/s, {results['size_mib']} MiB")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and write its JSON and plot."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.delta", description=__doc__)
+    p.add_argument("--peers", type=int, default=16)
+    p.add_argument("--rate", type=float, default=50.0, help="per-host cap in Mbit/s")
+    p.add_argument("--size-mib", type=int, default=64)
+    p.add_argument("--files", type=int, default=2000)
+    p.add_argument("--small-files", type=int, default=30000)
+    p.add_argument("--name", default=os.environ.get("FABMURDER_FLEET_NAME", "delta"))
+    p.add_argument("--out", default=str(OUT))
+    p.add_argument("--plot", default=str(PLOT))
+    args = p.parse_args(argv)
+    results = run(args)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, Path(args.plot))
+    print(f"wrote {args.out} and {args.plot}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
