@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "poll": "fabmurder.host.statusfile",
     "digest": "fabmurder.host.digest",
     "token": "fabmurder.host.token",
+    "put": "fabmurder.host.put",
 }
 
 USAGE = "usage: python -m fabmurder {" + ",".join(COMMANDS) + "} [options]\n"
