@@ -58,6 +58,15 @@ class Tracker:
         assert result.returncode == 0, result.stderr
 
 
+class DeployTracker(Tracker):
+    """A tracker with a token of its own: each release is registered under a deploy token."""
+
+    def allow(self, info_hash: str) -> None:
+        token = self.url.rsplit("/", 1)[1]
+        result = fab("allow", "--file", str(self.allow_file), "--add", info_hash, "--token", token)
+        assert result.returncode == 0, result.stderr
+
+
 @pytest.fixture(scope="module")
 def tracker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracker]:
     """The project's tracker, started as a daemon with an allow-list."""
@@ -473,16 +482,19 @@ def test_a_bad_settings_override_is_a_usage_error_not_a_traceback(
 def test_a_finished_peer_leaves_promptly_through_a_token_tracker(
     tmp_path: Path, nodes: list[Node]
 ) -> None:
-    """With ``/announce/<token>``, the scrape (``/scrape/<token>``) still tells the peer to go."""
+    """Under a deploy token, the scrape (``/scrape/<deploy token>``) still tells the peer to go."""
     port = free_port("127.0.0.1")
     started = fab(
         "daemon", "start", "--pid-file", str(tmp_path / "tracker.pid"), "--log",
         str(tmp_path / "tracker.log"), "--", "tracker", "--bind", "127.0.0.1", "--port",
         str(port), "--interval", "2", "--token", "s3cret-token",
+        "--allow-file", str(tmp_path / "a"),
     )  # fmt: skip
     assert started.returncode == 0, started.stderr
     try:
-        token_tracker = Tracker(f"http://127.0.0.1:{port}/announce/s3cret-token", tmp_path / "a")
+        token_tracker = DeployTracker(
+            f"http://127.0.0.1:{port}/announce/deploy-tok", tmp_path / "a"
+        )
         release = create_release(tmp_path, token_tracker)
         seed = start_seed(nodes, tmp_path, release)
         seeding(seed)

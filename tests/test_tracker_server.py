@@ -230,12 +230,14 @@ def test_allow_list_refuses_unknown_hashes_and_is_reread_on_change(tmp_path: Pat
         assert tracker.stop() == 0
 
 
-def test_token_serves_only_token_paths_and_reveals_nothing_else() -> None:
+def test_the_tracker_token_opens_its_views_only_never_a_swarm() -> None:
     tracker = TrackerProcess.start(["--token", "s3cret"])
     try:
         h = fresh_hash()
-        assert b"peers" in announce(tracker, h, 1, 5, path="/announce/s3cret")
         for target in (
+            announce_target(h, pid(1), 7001, 5, path="/announce/s3cret"),
+            f"/scrape/s3cret?info_hash={quote_from_bytes(h)}",
+            "/scrape/s3cret",
             "/announce?info_hash=x",
             "/announce/wrong",
             "/announce/s3cret/extra",
@@ -247,8 +249,8 @@ def test_token_serves_only_token_paths_and_reveals_nothing_else() -> None:
             response = tracker.get(target)
             assert response.status == 404, target
             assert h.hex().encode() not in response.body and h not in response.body
-        assert tracker.get("/scrape/s3cret").status == 200
-        assert h.hex() in json.loads(tracker.get("/stats/s3cret").body)["swarms"]
+        assert json.loads(tracker.get("/stats/s3cret").body) == {"swarms": {}}
+        assert tracker.get("/metrics/s3cret").status == 200
     finally:
         assert tracker.stop() == 0
 
@@ -339,8 +341,10 @@ def test_a_deploy_token_opens_its_own_swarm_only_and_nothing_once_removed(tmp_pa
     tracker = TrackerProcess.start(["--allow-file", str(allow), "--token", "s3cret"])
     try:
         assert b"peers" in announce(tracker, HASH, 1, 5, path="/announce/deploy-a")
-        assert b"peers" in announce(tracker, HASH, 2, 5, path="/announce/s3cret")
         for target in (
+            # the tracker's own token serves no swarm, not even a registered one
+            announce_target(HASH, pid(2), 7002, 5, path="/announce/s3cret"),
+            f"/scrape/s3cret?info_hash={quote_from_bytes(HASH)}",
             announce_target(HASH, pid(3), 7003, 5, path="/announce/deploy-b"),
             announce_target(other, pid(3), 7003, 5, path="/announce/deploy-a"),
             announce_target(HASH, pid(3), 7003, 5, path="/announce/deploy-a/x"),

@@ -96,16 +96,19 @@ class Tracker:
             self.allow = AllowList(config.allow_file)
             self.allow.on_change = self._keep_only
         suffix = b"/" + config.token.encode() if config.token else b""
+        # The tracker's own token opens its views only: a swarm is reachable
+        # under its deploy token alone (below), so whoever reads /stats (the
+        # info-hashes) still cannot join a swarm or learn its peers.
         self.routes: dict[bytes, Handler] = {
-            b"/announce" + suffix: self.announce,
-            b"/scrape" + suffix: self.scrape,
             b"/stats" + suffix: self.stats,
             b"/metrics" + suffix: self.metrics,
             b"/progress" + suffix: self.progress_view,
         }
         if not config.token:
-            # An open tracker takes reports openly too; with a token, only
-            # under a deploy token (below).
+            # An open tracker serves swarms and takes reports openly; with a
+            # token, only under a deploy token (below).
+            self.routes[b"/announce"] = self.announce
+            self.routes[b"/scrape"] = self.scrape
             self.routes[b"/report"] = self.report
 
     def _keep_only(self, allowed: frozenset[bytes]) -> None:
@@ -136,8 +139,9 @@ class Tracker:
         """Return the deploy token of ``/announce/<T>`` or ``/scrape/<T>``, if such paths apply.
 
         With ``--token`` and an allow-list, each registered info-hash may carry
-        its own token (``allow --add HEX --token T``): its swarm is then also
-        served under that token, and only its swarm. A deploy's torrents name
+        its own token (``allow --add HEX --token T``): its swarm is then
+        served under that token, and only its swarm (the tracker's own token
+        serves no swarm at all). A deploy's torrents name
         the deploy's token, so they open nothing else, and nothing at all once
         the deploy is over and its info-hash has been removed.
         """
