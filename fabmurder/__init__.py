@@ -16,7 +16,10 @@ from fabmurder.errors import (
     ConfigError,
     DaemonError,
     DeployError,
+    HealthCheckError,
+    HookError,
     HostError,
+    LockError,
     MurderError,
     TorrentError,
 )
@@ -51,12 +54,15 @@ _LAZY: dict[str, str] = {
     "Event": "fabmurder.report",
     "DeployReport": "fabmurder.report",
     "HostReport": "fabmurder.report",
+    "murder_defaults": "fabmurder.targets",
+    "dry_run": "fabmurder.dryrun",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from fabmurder.config import DEFAULTS as DEFAULTS
     from fabmurder.config import Settings as Settings
     from fabmurder.config import settings as settings
+    from fabmurder.dryrun import dry_run as dry_run
     from fabmurder.options import Options as Options
     from fabmurder.overview import status as status
     from fabmurder.pipeline import clean_temp_files as clean_temp_files
@@ -77,6 +83,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from fabmurder.report import DeployReport as DeployReport
     from fabmurder.report import Event as Event
     from fabmurder.report import HostReport as HostReport
+    from fabmurder.targets import murder_defaults as murder_defaults
     from fabmurder.tasks import ns as ns
 
 __all__ = [
@@ -84,7 +91,10 @@ __all__ = [
     "ConfigError",
     "DaemonError",
     "DeployError",
+    "HealthCheckError",
+    "HookError",
     "HostError",
+    "LockError",
     "MurderError",
     "TorrentError",
     "__version__",

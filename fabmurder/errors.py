@@ -11,15 +11,21 @@ imports neither Fabric nor Invoke.
 
 from __future__ import annotations
 
-from fabmurder.redact import redact
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
 
 class MurderError(Exception):
-    """Base class of every error fabmurder raises on purpose."""
+    """Base class of every error fabmurder raises on purpose.
+
+    A deploy that fails after it began attaches what it did: ``report``
+    (its :class:`~fabmurder.report.DeployReport`) and ``switched`` (host ->
+    the release ``current`` had, for the hosts it switched).
+    """
+
+    report: Any = None
+    switched: dict[str, str | None] | None = None
 
 
 class ConfigError(MurderError):
@@ -38,8 +44,6 @@ class HostError(MurderError):
     """
 
     def __init__(self, host: str, message: str, result: Any = None) -> None:
-        # a reason may quote a host command's stderr, and with it a tracker URL
-        message = redact(message)
         super().__init__(f"[{host}] {message}")
         self.host = host
         self.reason = message
@@ -81,3 +85,42 @@ class DeployError(MurderError):
         super().__init__(message)
         self.failures = failures
         self.report = report
+
+
+class LockError(MurderError):
+    """Another deploy holds the deploy lock.
+
+    :param holder: who holds it, from where, since when and for which tag.
+    :param stale: True when its holder's process is gone (``--force`` clears it).
+    """
+
+    def __init__(self, message: str, holder: str, stale: bool = False) -> None:
+        super().__init__(message)
+        self.holder = holder
+        self.stale = stale
+
+
+class HookError(MurderError):
+    """A hook failed: the deploy stopped at that stage.
+
+    :param stage: the stage whose hook failed (``starting`` ... ``finished``).
+    :param hook: the hook's name.
+    """
+
+    def __init__(self, message: str, stage: str, hook: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.hook = hook
+
+
+class HealthCheckError(DeployError):
+    """A health check failed during a rolling publish; the switched hosts were reverted.
+
+    :param reverted: host -> the release it was put back on.
+    """
+
+    def __init__(
+        self, message: str, failures: dict[str, str], reverted: dict[str, str | None]
+    ) -> None:
+        super().__init__(message, failures)
+        self.reverted = reverted

@@ -248,3 +248,53 @@ def _is_tag(name: str) -> bool:
     except ConfigError:
         return False
     return True
+
+
+def latest(found: dict[str, HostReleases]) -> str | None:
+    """Return the release the newest switch went to, among the hosts' current releases.
+
+    That is the release a rollback undoes: after a partial deploy some hosts
+    are on it and the others still on what they had.
+    """
+
+    def when(state: HostReleases) -> tuple[float, int]:
+        assert state.current is not None
+        switched = [r.epoch for r in state.revisions if r.tag == state.current]
+        return (max(switched, default=float("-inf")), state.releases.index(state.current))
+
+    on_release = [state for state in found.values() if state.current is not None]
+    return max(on_release, key=when).current if on_release else None
+
+
+def rollback_targets(
+    found: dict[str, HostReleases], lay: Layout, to: str | None = None
+) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Return where a rollback moves each host: (targets, problems, staying).
+
+    With ``to``, every host goes to ``to`` (a problem where it is missing).
+    Otherwise each host on the :func:`latest` release goes to the release
+    before it there; ``staying`` names the hosts on another release, and why
+    they stay.
+    """
+    targets: dict[str, str] = {}
+    problems: dict[str, str] = {}
+    staying: dict[str, str] = {}
+    undone = None if to else latest(found)
+    for host, state in found.items():
+        if to is not None:
+            if to not in state.releases:
+                problems[host] = f"release {to!r} is not in {lay.releases}"
+            elif state.current == to:
+                staying[host] = f"already on {to}"
+            else:
+                targets[host] = to
+        elif state.current is None:
+            shown = state.current_target or "nothing"
+            problems[host] = f"current points to {shown}, not a release in {lay.releases}"
+        elif state.current != undone:
+            staying[host] = f"stays on {state.current} (never switched to {undone})"
+        elif (previous := state.previous()) is None:
+            problems[host] = f"no release before {state.current!r} to roll back to"
+        else:
+            targets[host] = previous
+    return targets, problems, staying

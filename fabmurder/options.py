@@ -47,6 +47,12 @@ class UntaggedOptions(TypedDict, total=False):
     strict_host_keys: bool | str | None
     known_hosts: str | Sequence[str] | None
     keep_releases: int | str | None
+    report: str | None
+    hooks: Mapping[str, object] | None
+    linked_dirs: str | Sequence[str] | None
+    linked_files: str | Sequence[str] | None
+    batch_size: int | str | None
+    health_check: str | None
 
 
 class Options(UntaggedOptions, total=False):
