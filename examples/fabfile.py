@@ -4,13 +4,15 @@ One fabfile, one config file per environment (run ``fab`` in this directory)::
 
     fab -f deploy/staging.yaml deploy
     fab -f deploy/production.yaml deploy --tag v42
+    fab -f deploy/production.yaml canary --tag v43
     fab -f deploy/production.yaml murder.rollback
     fab -f deploy/staging.yaml murder.status
 
-It shows both ways to chain your own steps with fabmurder's. ``deploy`` wraps
-the ``murder.deploy`` task between a pre-task (``check_build``) and a
-post-task (``restart``). ``canary`` calls fabmurder's stages as plain
-functions and acts between them.
+``deploy`` wraps ``murder.deploy`` with a pre-task (``check_build``); the
+app is restarted by a hook of the ``published`` stage, which sees exactly
+the hosts that switched. ``canary`` is a rolling deploy: one peer at a
+time, each checked before the next, and every switched peer put back when
+a check fails. ``checks.py`` holds hooks a config file can name.
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ from invoke import Collection
 from invoke.exceptions import Exit
 
 import fabmurder
-from fabmurder import releases
-from fabmurder.progress import Renderer
+from fabmurder import hooks
 from fabmurder.tasks import deploy as murder_deploy
 
-TAG_HELP = {"tag": "release name (default: murder.tag, else a UTC timestamp)"}
+HELP = {
+    "tag": "release name (default: murder.tag, else a UTC timestamp)",
+    "peers": "only these peers (comma-separated), a subset of murder.peers",
+    "report": "write the run's result as JSON to this file",
+}
+#: the canary's smoke test, run in current on each switched peer
+HEALTHY = 'test -x bin/app && test -n "$(cat VERSION)"'
 
 
 def remote(c: Any, host: str, command: str) -> str:
@@ -52,44 +59,32 @@ def check_build(c: Any) -> None:
     print(f"[{s.seeder}] build of {count} entries is ready")
 
 
-@task
-def restart(c: Any) -> None:
-    """Restart the app on every peer (here: write the live release to LIVE)."""
-    s = fabmurder.settings(c)
-    app = shlex.quote(str(s.destination_path))
-    for host in s.peers:
-        live = remote(c, host, f"cd {app} && readlink current > LIVE && cat LIVE").strip()
+@hooks.on("published")
+def restart(run: hooks.RunContext) -> None:
+    """Restart the app on the peers that switched (here: write the live release to LIVE)."""
+    app = shlex.quote(str(run.settings.destination_path))
+    for host in run.switched:
+        live = remote(run.c, host, f"cd {app} && readlink current > LIVE && cat LIVE").strip()
         print(f"[{host}] restarted on {live}")
 
 
-@task(pre=[check_build], post=[restart], help=TAG_HELP)
-def deploy(c: Any, tag: str | None = None) -> None:
-    """Check the build, ship it, switch every peer to it, then restart the app."""
-    murder_deploy(c, tag=tag)
+@task(pre=[check_build], help=HELP, auto_shortflags=False)
+def deploy(
+    c: Any, tag: str | None = None, peers: str | None = None, report: str | None = None
+) -> None:
+    """Check the build, ship it, switch the peers to it and restart the app there."""
+    murder_deploy(c, tag=tag, peers=peers, report=report)
 
 
-@task(help=TAG_HELP)
-def canary(c: Any, tag: str | None = None) -> None:
-    """Ship a release, switch one peer to it and check it there, then switch the rest."""
-    events = Renderer()
-    try:
-        report = releases.distribute(c, tag=tag, on_event=events)
-        if not report.succeeded:
-            raise Exit(f"canary: no peer got {report.tag}")
-        first, *others = report.succeeded
-        releases.publish(c, report.tag, hosts=[first], on_event=events, action="deploy")
-        s = fabmurder.settings(c)
-        # your smoke test here; this one checks that the release is not empty
-        remote(c, first, f'test -n "$(ls -A {shlex.quote(str(s.destination_path))}/current/)"')
-        print(f"[{first}] canary {report.tag} looks healthy")
-        if others:
-            releases.publish(c, report.tag, hosts=others, on_event=events, action="deploy")
-        releases.cleanup(c, hosts=report.succeeded, on_event=events)
-    except fabmurder.MurderError as exc:
-        raise Exit(f"canary: {exc}") from None
-    finally:
-        events.close()
+@task(help=HELP, auto_shortflags=False)
+def canary(
+    c: Any, tag: str | None = None, peers: str | None = None, report: str | None = None
+) -> None:
+    """Ship a release, then switch and check one peer at a time; any failed check reverts all."""
+    murder_deploy(c, tag=tag, peers=peers, report=report, batch_size="1", health_check=HEALTHY)
 
 
-ns = Collection(deploy, canary, check_build, restart)
+ns = Collection(deploy, canary, check_build)
 ns.add_collection(fabmurder.ns, name="murder")
+# FABRIC_MURDER_* reaches this fabfile's own tasks only if the keys exist at the root too
+ns.configure(fabmurder.murder_defaults())

@@ -18,7 +18,7 @@ import pytest
 from invoke import Config, Context
 from invoke.exceptions import Exit
 
-from fabmurder import tasks
+from fabmurder import summary, tasks
 from fabmurder.config import DEFAULTS
 from fabmurder.errors import ConfigError
 from fabmurder.layout import (
@@ -196,4 +196,4 @@ def test_the_status_line_of_a_peer_shows_its_current_release_and_releases() -> N
         "status": {"daemons": {"peer-v2": {"pid": 7, "alive": True}}, "releases": ["current"]},
         "layout": {"current": "v2", "releases": ["v1", "v2"], "previous": "v1"},
     }
-    assert tasks._describe(entry) == "running: peer-v2 (pid 7); current: v2; releases: v1, v2"
+    assert summary.describe(entry) == "running: peer-v2 (pid 7); current: v2; releases: v1, v2"

@@ -131,7 +131,7 @@ def test_staging_and_production_deploy_with_the_same_fabfile_through_fab(
     assert "release s1: 2 of 2 peer(s) ok" in out.stdout
     for host in staging:
         assert current(fleet, host) == "releases/s1"
-        assert fleet.run_in(host, ["cat", f"{APP}/LIVE"]).stdout == "releases/s1\n"  # post-task
+        assert fleet.run_in(host, ["cat", f"{APP}/LIVE"]).stdout == "releases/s1\n"  # the hook
         assert fleet.run_in(host, ["cat", f"{APP}/current/VERSION"]).stdout == "1.0\n"
         (line,) = log_lines(fleet, host)
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ deploy s1 by \S+@\S+", line), line
@@ -148,7 +148,7 @@ def test_staging_and_production_deploy_with_the_same_fabfile_through_fab(
         assert current(fleet, host) == "releases/s1"  # the other environment is untouched
 
 
-def test_the_canary_example_calls_the_stages_directly_and_rollback_undoes_it(
+def test_the_canary_example_publishes_in_checked_batches_and_rollback_undoes_it(
     fleet: Fleet, build: Host, ssh_config: Path, wheels: Path
 ) -> None:
     staging = fleet.hosts[1:3]
@@ -158,7 +158,9 @@ def test_the_canary_example_calls_the_stages_directly_and_rollback_undoes_it(
     fleet.run_in(build, ["sh", "-c", f"printf '1.1\\n' > {BUILD}/VERSION"])
     out = fab(ssh_config, wheels, "-f", "deploy/staging.yaml", "canary", "--tag", "s2")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "[app1.staging] canary s2 looks healthy" in out.stdout
+    # one peer at a time, each checked, then restarted by the example's published hook
+    assert out.stdout.index("batch 1 of 2: app1.staging") < out.stdout.index("batch 2 of 2")
+    assert "[app2.staging] restarted on releases/s2" in out.stdout
     for host in staging:
         assert current(fleet, host) == "releases/s2"
         assert fleet.run_in(host, ["cat", f"{APP}/current/VERSION"]).stdout == "1.1\n"
@@ -246,16 +248,17 @@ def test_publish_and_rollback_switch_current_and_refuse_what_they_cannot_do(
     assert releases.publish(rel, "a2") == {a.host_string: "a1", b.host_string: "a1"}
     assert log_lines(fleet, a, REL)[-1].split()[1:3] == ["publish", "a2"]
 
-    # hosts that would land on different releases are refused, none switched
+    # after a release reached one host only, rollback undoes it there; the other stays
     make_release(fleet, [a], "a3", stamp + 30)
     releases.publish(rel, "a3", hosts=[a.host_string])
-    with pytest.raises(DeployError, match="different releases") as caught:
-        releases.rollback(rel)
-    assert caught.value.failures == {
-        a.host_string: "would roll back to 'a2'",
-        b.host_string: "would roll back to 'a1'",
-    }
-    assert [current(fleet, h, REL) for h in (a, b)] == ["releases/a3", "releases/a2"]
+    assert releases.rollback(rel) == {a.host_string: "a3"}
+    assert [current(fleet, h, REL) for h in (a, b)] == ["releases/a2", "releases/a2"]
+    # rollback --to: every host to that release, or none when one lacks it
+    with pytest.raises(DeployError, match="cannot roll back on 1 host") as caught:
+        releases.rollback(rel, "a3")
+    assert caught.value.failures == {b.host_string: f"release 'a3' is not in {REL}/releases"}
+    assert releases.rollback(rel, "a1") == {a.host_string: "a2", b.host_string: "a2"}
+    assert [current(fleet, h, REL) for h in (a, b)] == ["releases/a1", "releases/a1"]
 
 
 def test_cleanup_keeps_the_newest_and_the_current_release_even_when_it_is_old(
