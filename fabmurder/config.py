@@ -22,9 +22,13 @@ Keys (all under ``murder``):
 ``tracker_token``
     secret path element of the announce URL; when unset, one is made per
     tracker and kept in ``temp_path/tracker.token`` on the tracker host.
-``remote_path`` (``/opt/fabmurder``), ``temp_path`` (``/tmp/fabmurder``)
+``remote_path`` (``/opt/fabmurder``), ``temp_path`` (``~/.cache/fabmurder/tmp``)
     where the agent venv lives, and where torrents, tarballs, PID files and
-    logs go, on every host.
+    logs go, on every host. ``temp_path`` is the deploy user's own: a leading
+    ``~/`` is that user's home on each host (expanded by the remote shell),
+    the hosts create it mode 0700 and refuse one another user could write;
+    a directory every user shares (``/tmp``, ``/var/tmp``, ``/dev/shm``,
+    ``/home``, ...) is refused here, before anything runs.
 ``files_path``, ``local_path``, ``destination_path``, ``tag``
     what to ship (on the seeder, or on the control machine), where it lands
     on the peers (``destination_path/<tag>``), and the release name
@@ -64,12 +68,14 @@ Keys (all under ``murder``):
 from __future__ import annotations
 
 import difflib
+import posixpath
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Unpack
 
 from fabmurder.errors import ConfigError
+from fabmurder.host import privatedir
 from fabmurder.options import Options
 from fabmurder.tags import default_tag, validate_tag
 
@@ -84,7 +90,7 @@ DEFAULTS: dict[str, Any] = {
     "tracker_token": None,
     "tracker_register": None,
     "remote_path": "/opt/fabmurder",
-    "temp_path": "/tmp/fabmurder",
+    "temp_path": "~/.cache/fabmurder/tmp",
     "files_path": None,
     "local_path": None,
     "destination_path": None,
@@ -355,10 +361,15 @@ def settings(c: Any, **overrides: Unpack[Options]) -> Settings:
         values[key] = path.rstrip("/") or "/" if path else None
     for key in ("remote_path", "temp_path"):
         if not values[key] or not values[key].startswith("/") or values[key] == "/":
+            if key == "temp_path" and values[key].startswith("~/") and values[key] != "~/":
+                continue
             raise ConfigError(
-                f"murder.{key} must be an absolute path other than '/', got {merged[key]!r}",
+                f"murder.{key} must be an absolute path other than '/'"
+                + (" (or one under '~/')" if key == "temp_path" else "")
+                + f", got {merged[key]!r}",
                 key=key,
             )
+    _refuse_shared_temp(values["temp_path"])
     for key in ("tracker_url", "tracker_token", "tracker_register", "local_path", "wheel_dir"):
         values[key] = str(merged[key]) if merged[key] not in (None, "") else None
     token = values["tracker_token"]
@@ -372,6 +383,26 @@ def settings(c: Any, **overrides: Unpack[Options]) -> Settings:
         raise ConfigError(f"murder.libtorrent must be a mapping, not {lt!r}", key="libtorrent")
     values["libtorrent"] = dict(lt)
     return Settings(**values)
+
+
+def _refuse_shared_temp(path: str) -> None:
+    """Refuse a ``temp_path`` every user of a host shares (``clean`` empties it of our names).
+
+    :raises ConfigError: naming the path, before any host is touched.
+    """
+    if path.startswith("~/"):
+        # the home itself (or above it) holds files that are not ours to clean
+        below_home = posixpath.normpath(path[2:])
+        shared = below_home == "." or below_home.startswith("..")
+    else:
+        # as spelled: what a path resolves to is each host's business (privatedir.ensure)
+        shared = posixpath.normpath(path) in privatedir.SHARED_DIRS
+    if shared:
+        raise ConfigError(
+            f"murder.temp_path {path!r} is a directory other users share or own; fabmurder "
+            "needs one of the deploy user's own, such as the default ~/.cache/fabmurder/tmp",
+            key="temp_path",
+        )
 
 
 def _keep(value: Any) -> int:

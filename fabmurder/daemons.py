@@ -37,12 +37,6 @@ from fabmurder.report import Event, EventCallback
 if TYPE_CHECKING:
     from fabmurder.contract import FinishReply, StopRecord
 
-#: a torrent up to this size travels inside the peer's start command (base64),
-#: which saves a directory command and an SFTP session per peer; a larger one
-#: (a release over about 600 MiB at 256 KiB pieces) is uploaded first. The
-#: command stays well under Linux's 128 KiB limit on one argument.
-INLINE_TORRENT_MAX = 48 * 1024
-
 
 def rate_args(s: Settings, download: bool) -> list[object]:
     """Return the rate-limit and libtorrent-settings arguments of an agent."""
@@ -78,23 +72,21 @@ def start_seed(pool: ConnectionPool, plan: Plan, emit: EventCallback) -> int | N
     return pid if isinstance(pid, int) else None
 
 
-def place_torrent(s: Settings, conn: Connection, torrent: Path) -> str:
-    """Return the shell step that makes the directories and puts ``torrent`` in place.
+def place_torrent(s: Settings, torrent: Path) -> tuple[str, str]:
+    """Return the shell step that puts ``torrent`` in place on a peer, and its stdin.
 
-    A large torrent is uploaded here (SFTP) and the step only makes the
-    directories; a small one is written by the step itself, atomically.
+    The torrent (it holds the deploy token) travels as base64 on the
+    command's stdin, never on a command line, whatever its size; the host's
+    ``put`` writes it into the private ``temp_path`` (made 0700 when
+    missing) by a new 0600 temp file renamed over the name, so a symlink
+    planted there is never followed. The step also makes
+    ``destination_path`` (the release area keeps the modes it is given).
     """
     assert s.destination_path
     final = s.tmp(contract.torrent(s.tag))
-    dirs = f"mkdir -p -- {quote(s.temp_path)} {quote(s.destination_path)}"
-    data = torrent.read_bytes()
-    if len(data) > INLINE_TORRENT_MAX:
-        shell(conn, f"mkdir -p -- {quote(s.temp_path)}", "making temp_path")
-        conn.put(str(torrent), remote=final)
-        return dirs
-    tmp = quote(contract.inline_temp(final))
-    encoded = quote(base64.b64encode(data).decode("ascii"))
-    return f"{dirs} && printf %s {encoded} | base64 -d > {tmp} && mv -f -- {tmp} {quote(final)}"
+    put = agent_command(s, "put", "--file", final, "--base64")
+    step = f"{put} >/dev/null && mkdir -p -- {quote(s.destination_path)}"
+    return step, base64.b64encode(torrent.read_bytes()).decode("ascii")
 
 
 def start_peer(
@@ -104,7 +96,7 @@ def start_peer(
     s = plan.s
     assert s.destination_path and s.seeder
     host = pool.host_of(conn)
-    before = place_torrent(s, conn, torrent)
+    before, torrent_text = place_torrent(s, torrent)
     args: list[object] = [
         "--torrent", s.tmp(contract.torrent(s.tag)), "--save-path", s.temp_path,
         "--bind", plan.address(host), "--port", s.peer_port,
@@ -125,7 +117,7 @@ def start_peer(
         conn, s, "daemon", "start",
         "--pid-file", s.tmp(contract.pid_file("peer", s.tag)),
         "--log", s.tmp(contract.log_file("peer", s.tag)),
-        "--", "peer", *args, ok=(0, 3), before=before,
+        "--", "peer", *args, ok=(0, 3), before=before, stdin=torrent_text,
     )  # fmt: skip
     pid = data.get("pid")
     return pid if isinstance(pid, int) else None

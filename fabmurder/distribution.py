@@ -20,7 +20,7 @@ from fabmurder import contract, daemons, peers, tracker_control
 from fabmurder.config import Settings
 from fabmurder.errors import HostError, MurderError
 from fabmurder.plan import Plan, make_plan
-from fabmurder.remote import ConnectionPool, failure_reason, run_agent
+from fabmurder.remote import ConnectionPool, failure_reason, run_agent, sftp_path
 from fabmurder.report import DeployReport, Event, EventCallback, HostReport, ignore
 from fabmurder.upload import upload_local
 from fabmurder.watch import Watch, watch
@@ -58,7 +58,7 @@ def start_peers(
     assert s.seeder
     with tempfile.TemporaryDirectory(prefix="fabmurder-") as tmp:
         torrent = Path(tmp) / contract.torrent(s.tag)
-        pool.get(s.seeder).get(s.tmp(contract.torrent(s.tag)), local=str(torrent))
+        pool.get(s.seeder).get(sftp_path(s.tmp(contract.torrent(s.tag))), local=str(torrent))
         report.phase(f"starting {len(hosts)} peer(s)")
         started = time.monotonic()
         result = pool.fan_out(

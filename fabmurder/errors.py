@@ -11,6 +11,8 @@ imports neither Fabric nor Invoke.
 
 from __future__ import annotations
 
+from fabmurder.redact import redact
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -44,6 +46,8 @@ class HostError(MurderError):
     """
 
     def __init__(self, host: str, message: str, result: Any = None) -> None:
+        # a reason may quote a host command's stderr, and with it a tracker URL
+        message = redact(message)
         super().__init__(f"[{host}] {message}")
         self.host = host
         self.reason = message

@@ -5,13 +5,17 @@ index: fabmurder's own wheel is built from the package this process imports
 (pure Python, byte-for-byte reproducible), and each dependency is repacked
 from its installed distribution into a wheel cached under
 ``~/.cache/fabmurder/wheels`` (or downloaded with ``pip download
---only-binary=:all:`` when it was not installed from a wheel). A
-``murder.wheel_dir`` replaces all of that with the user's own wheels.
+--only-binary=:all:`` when it was not installed from a wheel). A cached
+wheel is used again only if its SHA-256 is the one recorded in the cache's
+``SHA256SUMS`` when fabmurder made or fetched it, never by its name alone.
+A ``murder.wheel_dir`` replaces all of that with the user's own wheels.
 
 On each host the wheels land in ``remote_path/wheels`` and are installed
 into ``remote_path/venv`` (made with the host's ``murder.python``) with
 ``pip install --no-index``. A stamp holding the hash of the wheel set makes
-a second run a single SSH command per host.
+a second run a single SSH command per host. Setup also records every file of
+the venv with its SHA-256 (``remote_path/installed.files``); ``murder.status``
+and the next setup compare the venv with it, using the host's ``sha256sum``.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ HOST_DEPENDENCIES = ("libtorrent", "bencode.py")
 #: a venv made without pip skips ensurepip, most of a first install's time
 INSTALLER = "pip"
 MIN_PYTHON = (3, 11)
+#: under ``remote_path``: every file of the venv with its SHA-256, as setup left it
+FILES_LIST = "installed.files"
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
@@ -125,7 +131,7 @@ def repack_installed(name: str, out_dir: Path) -> Path:
     if not wheel_text or not dist.files:
         return _pip_download(dist.metadata["Name"], dist.version, out_dir)
     target = out_dir / f"{project}-{dist.version}-{_tag_suffix(wheel_text)}.whl"
-    if target.exists():
+    if _verified(target):
         return target
     dist_info = f"{project}-{dist.version}.dist-info"
     skip = {"INSTALLER", "REQUESTED", "RECORD", "direct_url.json"}
@@ -139,21 +145,55 @@ def repack_installed(name: str, out_dir: Path) -> Path:
                 continue
             rel = dist_info + "/" + rel.split("/", 1)[1]
         files.append((rel, Path(str(dist.locate_file(item))).read_bytes()))
-    return _write_wheel(target, files, dist_info)
+    return _record(_write_wheel(target, files, dist_info))
+
+
+#: in the wheel cache: the SHA-256 of each wheel fabmurder put there, when it did
+SUMS = "SHA256SUMS"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _sums(cache: Path) -> dict[str, str]:
+    try:
+        lines = (cache / SUMS).read_text().splitlines()
+    except FileNotFoundError:
+        return {}
+    return {name: digest for digest, _, name in (line.partition("  ") for line in lines) if name}
+
+
+def _record(path: Path) -> Path:
+    """Record ``path``'s SHA-256 in its cache's list; return the path."""
+    sums = {**_sums(path.parent), path.name: _sha256(path)}
+    tmp = path.parent / f"{SUMS}.tmp"
+    tmp.write_text("".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
+    tmp.replace(path.parent / SUMS)
+    return path
+
+
+def _verified(path: Path) -> bool:
+    """Tell whether a cached wheel is the one recorded when it was made (never by name alone)."""
+    return path.is_file() and _sums(path.parent).get(path.name) == _sha256(path)
 
 
 def _pip_download(name: str, version: str, out_dir: Path) -> Path:
+    """Download a binary wheel (pip checks the index's hash), or reuse a verified cached one."""
+    prefix = f"{name.lower().replace('-', '_').replace('.', '_')}-{version}-"
+    for cached in sorted(out_dir.glob("*.whl")):
+        if cached.name.lower().startswith(prefix):
+            if _verified(cached):
+                return cached
+            cached.unlink()  # not the wheel fabmurder fetched: fetch it again
     before = set(out_dir.glob("*.whl"))
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
     cmd += ["-d", str(out_dir), f"{name}=={version}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     new = sorted(set(out_dir.glob("*.whl")) - before)
     if proc.returncode != 0 or not new:
-        found = [p for p in out_dir.glob("*.whl") if p.name.lower().startswith(name.lower())]
-        if proc.returncode == 0 and found:
-            return found[0]
         raise MurderError(f"cannot get a wheel of {name}=={version}: {proc.stderr.strip()[-300:]}")
-    return new[0]
+    return _record(new[0])
 
 
 def wheel_set(s: Settings) -> WheelSet:
@@ -187,8 +227,48 @@ def stamp_path(s: Settings) -> str:
     return f"{s.remote_path}/installed.sha256"
 
 
+def files_path(s: Settings) -> str:
+    """Return the host path of the list of the venv's files and their SHA-256, made at setup."""
+    return f"{s.remote_path}/{FILES_LIST}"
+
+
+def _venv_listing(s: Settings) -> str:
+    """Return the shell pipeline that lists every file of the venv with its SHA-256, sorted."""
+    return (
+        f"cd -- {shlex.quote(s.remote_path + '/venv')} && find . -type f -print0"
+        " | LC_ALL=C sort -z | xargs -0r sha256sum"
+    )
+
+
+def check_command(s: Settings) -> str:
+    """Return the shell step that prints ``venv=ok`` or ``venv=changed <files>`` (a few of them).
+
+    The venv's files are hashed with the host's ``sha256sum``, not with the
+    agent's own code, and compared with the list setup made; a file added,
+    removed or changed since is named. Prints nothing without such a list.
+    """
+    listed = shlex.quote(files_path(s))
+    return (
+        f"( test -f {listed} && changed=$({_venv_listing(s)} | diff -- {listed} - "
+        "| sed -n 's/^[<>] [0-9a-f]*  \\.\\///p' | LC_ALL=C sort -u | head -n 5) && "
+        'if test -z "$changed"; then echo venv=ok; else echo "venv=changed" $changed; fi )'
+    )
+
+
+def parse_check(stdout: str) -> str | None:
+    """Return what :func:`check_command` printed: ``"ok"``, ``"changed <files>"`` or None."""
+    for line in stdout.splitlines():
+        if line.startswith("venv="):
+            return line[len("venv=") :].strip()
+    return None
+
+
 def install_host(conn: Connection, s: Settings, wheels: WheelSet) -> str:
-    """Install the agent on one host; return "installed" or "up to date".
+    """Install the agent on one host; return "installed", "reinstalled (...)" or "up to date".
+
+    An install whose stamp is current is checked file by file against the
+    list setup made (:func:`check_command`): a venv that was changed since is
+    installed again, and the result names what had changed.
 
     :raises HostError: when the host lacks a usable Python or pip fails.
     """
@@ -196,9 +276,20 @@ def install_host(conn: Connection, s: Settings, wheels: WheelSet) -> str:
     root = shlex.quote(s.remote_path)
     venv_py = shlex.quote(s.agent_python)
     stamp = stamp_path(s)
-    probe = conn.run(f"test -x {venv_py} && cat {shlex.quote(stamp)} 2>/dev/null || true", **QUIET)
-    if probe.stdout.strip() == wheels.digest:
+    probe = conn.run(
+        f"test -x {venv_py} && cat {shlex.quote(stamp)} 2>/dev/null; {check_command(s)}; true",
+        **QUIET,
+    )
+    lines = probe.stdout.splitlines()
+    found = lines[0].strip() if lines and not lines[0].startswith("venv=") else ""
+    check = parse_check(probe.stdout)
+    if found == wheels.digest and check == "ok":
         return "up to date"
+    changed = (
+        f" (the venv had changed: {check[len('changed ') :]})"
+        if found == wheels.digest and check and check != "ok"
+        else ""
+    )
     installer = next((p for p in wheels.paths if p.name.startswith(f"{INSTALLER}-")), None)
     payload = [p for p in wheels.paths if p != installer]
     modules = "venv" if installer else "venv, ensurepip"
@@ -227,12 +318,17 @@ def install_host(conn: Connection, s: Settings, wheels: WheelSet) -> str:
         pip = f"{venv_py} {shlex.quote(f'{wheel_dir}/{installer.name}/pip')}"
     else:
         pip = f"{venv_py} -m pip"
+    # Bytecode is compiled here, once, and recorded with the rest; host
+    # commands run with -B, so nothing is written into the venv after this.
+    listed = shlex.quote(files_path(s))
     _checked(
         conn,
         f"(test -x {venv_py} || {venv})"
-        f" && {pip} --isolated --disable-pip-version-check install --quiet --no-compile"
+        f" && {pip} --isolated --disable-pip-version-check install --quiet"
         f" --no-index --no-deps --force-reinstall --find-links {shlex.quote(wheel_dir)} {names}"
-        f" && {venv_py} -m fabmurder --help >/dev/null",
+        f" && {venv_py} -I -B -m fabmurder --help >/dev/null"
+        f" && ( {_venv_listing(s)} ) > {shlex.quote(files_path(s) + '.tmp')}"
+        f" && mv -- {shlex.quote(files_path(s) + '.tmp')} {listed}",
         "installing the agent",
     )
     _checked(
@@ -241,7 +337,7 @@ def install_host(conn: Connection, s: Settings, wheels: WheelSet) -> str:
         f" && mv {shlex.quote(stamp + '.tmp')} {shlex.quote(stamp)}",
         "writing the install stamp",
     )
-    return "installed"
+    return "reinstalled" + changed if changed else "installed"
 
 
 def _checked(conn: Connection, command: str, what: str) -> Any:

@@ -2,13 +2,16 @@
 
 One command per host (``python -m fabmurder status``, or a note that the
 agent is not installed), plus the tracker's ``/stats`` when fabmurder runs
-the tracker. Nothing is started, stopped or written.
+the tracker. Each host also says whether its agent venv is still the one
+setup installed (``venv``: ``ok``, or ``changed`` and the files).
+Nothing is started, stopped or written.
 """
 
 from __future__ import annotations
 
 from typing import Any, Unpack
 
+from fabmurder import install
 from fabmurder.config import Settings, settings
 from fabmurder.contract import parse_reply
 from fabmurder.errors import MurderError
@@ -53,7 +56,7 @@ def survey(pool: ConnectionPool, s: Settings) -> dict[str, dict[str, object]]:
     )
     command = (
         f"test -x {quote(s.agent_python)} || {{ echo '{{\"agent\": false}}'; exit 0; }}; "
-        + agent_command(s, "status", *args)
+        f"{install.check_command(s)}; " + agent_command(s, "status", *args)
     )
     out: dict[str, dict[str, Any]] = {}
     result = pool.fan_out(roles, lambda conn: shell(conn, command, "status", timeout=POLL_TIMEOUT))
@@ -63,6 +66,10 @@ def survey(pool: ConnectionPool, s: Settings) -> dict[str, dict[str, object]]:
             entry["error"] = result.failed[host]
         else:
             entry["status"] = parse_reply(value.stdout) or {}
+            # the agent install as setup recorded it, checked by the host's sha256sum
+            venv = install.parse_check(value.stdout)
+            if venv is not None:
+                entry["venv"] = venv
         out[host] = entry
     tracker = s.tracker if not s.tracker_url else None
     daemons = out.get(tracker or "", {}).get("status", {}).get("daemons") or {}

@@ -61,7 +61,10 @@ def start_tracker(
 ) -> str:
     """Start the tracker on the tracker host unless it is already running.
 
-    :returns: the tracker's announce URL, for clients of its own.
+    :returns: the tracker's base URL (``http://host:port``). It serves a swarm
+        only under a deploy token registered with the info-hash
+        (``python -m fabmurder allow --add HEX --token T``, then
+        ``<base>/announce/T``); its own token opens ``/stats`` and ``/metrics``.
     :raises ConfigError: when ``tracker_url`` names an external tracker.
     """
     s = settings(c, **options)
@@ -75,7 +78,7 @@ def start_tracker(
         assert plan.tracker_token and plan.tracker_urls
         install.ensure_agent(pool, s, plan.found.stamps, [s.tracker], emit)
         tracker_control.start(pool, s, plan.address(s.tracker), plan.tracker_token, emit)
-    return plan.tracker_urls.tracker_announce
+    return plan.tracker_urls.base
 
 
 def _stop(

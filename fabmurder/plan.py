@@ -24,9 +24,10 @@ from typing import NamedTuple
 
 from fabmurder import contract
 from fabmurder.config import Settings
+from fabmurder.contract import parse_reply
 from fabmurder.errors import ConfigError, HostError
 from fabmurder.probe import Probe, probe
-from fabmurder.remote import QUIET, ConnectionPool, quote, shell
+from fabmurder.remote import QUIET, ConnectionPool, agent_command, run_agent
 
 
 class TrackerURLs(NamedTuple):
@@ -34,35 +35,45 @@ class TrackerURLs(NamedTuple):
 
     #: the announce URL of the run's torrent (under its deploy token)
     announce: str
-    #: the tracker's own announce URL (under the tracker token), for other clients
-    tracker_announce: str
+    #: the tracker's base URL (``http://host:port``): its token opens no swarm, a
+    #: swarm is served only under the deploy token registered with its info-hash
+    base: str
     #: the tracker's ``/stats`` (None for an external tracker)
     stats: str | None
     #: the tracker's ``/progress``, where the watch follows the peers' reports
     progress: str | None = None
 
 
-def make_token(pool: ConnectionPool, s: Settings) -> str:
-    """Return the tracker's URL token, written to the tracker host on first use."""
+def make_token(pool: ConnectionPool, s: Settings, agent: bool = True) -> str:
+    """Return the tracker's URL token: the one kept on the tracker host, made there if missing.
+
+    The host's ``token`` command keeps it in a 0600 file of the private
+    ``temp_path`` (``murder.tracker_token``, when set, goes there on stdin).
+    Without an agent on the tracker host yet (``agent`` false) no tracker
+    can be running: the token is made here, and :func:`fabmurder.tracker_control.start`
+    writes it there before the tracker reads it.
+    """
     assert s.tracker
-    path = s.tmp(contract.TRACKER_TOKEN)
-    wanted = s.tracker_token or secrets.token_hex(16)
-    tmp = quote(path + ".tmp")
-    write = f"(umask 077 && printf %s {quote(wanted)} > {tmp} && mv {tmp} {quote(path)})"
-    keep = "" if s.tracker_token else f"test -s {quote(path)} || "
-    command = f"mkdir -p {quote(s.temp_path)} && {{ {keep}{write}; }} && cat {quote(path)}"
-    token = shell(pool.get(s.tracker), command, "making the tracker token").stdout.strip()
-    if not token:
-        raise HostError(s.tracker, f"the tracker token file {path} is empty")
-    return str(token)
+    if not agent:
+        return s.tracker_token or secrets.token_hex(16)
+    args = ["--file", s.tmp(contract.TRACKER_TOKEN)]
+    given = s.tracker_token
+    if given:
+        args.append("--stdin")
+    reply = run_agent(pool.get(s.tracker), s, "token", *args, stdin=given)
+    token = reply.get("token")
+    if not isinstance(token, str) or not token:
+        raise HostError(s.tracker, "the token command printed no token")
+    return token
 
 
 def read_token(pool: ConnectionPool, s: Settings) -> str | None:
     """Return the tracker token kept on the tracker host, or None: nothing is written."""
     assert s.tracker
-    path = quote(s.tmp(contract.TRACKER_TOKEN))
-    token = pool.get(s.tracker).run(f"cat -- {path} 2>/dev/null", **QUIET).stdout.strip()
-    return str(token) or None
+    command = agent_command(s, "token", "--file", s.tmp(contract.TRACKER_TOKEN), "--read")
+    reply = parse_reply(pool.get(s.tracker).run(command, **QUIET).stdout) or {}
+    token = reply.get("token")
+    return token if isinstance(token, str) and token else None
 
 
 def urls(s: Settings, address: str, token: str, deploy_token: str) -> TrackerURLs:
@@ -71,7 +82,7 @@ def urls(s: Settings, address: str, token: str, deploy_token: str) -> TrackerURL
     base = f"http://{host}:{s.tracker_port}"
     return TrackerURLs(
         f"{base}/announce/{deploy_token}",
-        f"{base}/announce/{token}",
+        base,
         f"{base}/stats/{token}",
         f"{base}/progress/{token}",
     )
@@ -127,9 +138,15 @@ class Plan:
 
     @cached_property
     def allow_args(self) -> tuple[str, ...]:
-        """Return ``--allow`` arguments naming every probed host's address (built once)."""
+        """Return ``--allow`` arguments naming the swarm's addresses: the seeder and the peers.
+
+        The tracker host is on the list only where it is the seeder or a
+        peer too: from any other host, even one that knows the info-hash
+        (``/stats`` shows it), no agent takes a connection.
+        """
         nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-        for addr in self.found.addresses.values():
+        swarm = [h for h in (self.s.seeder, *self.s.peers) if h and h in self.found.addresses]
+        for addr in (self.found.addresses[h] for h in swarm):
             try:
                 nets.append(ipaddress.ip_network(addr))
             except ValueError:
@@ -175,7 +192,7 @@ def make_plan(
     if not own:
         return Plan(s, found)
     deploy_token = secrets.token_hex(16)
-    token = make_token(pool, s)
+    token = make_token(pool, s, agent=bool(found.stamps.get(own)))
     tracker_urls = urls(s, found.addresses[own], token, deploy_token)
     report_ids = {host: secrets.token_hex(8) for host in found.addresses}
     return Plan(s, found, deploy_token, token, tracker_urls, report_ids)

@@ -15,6 +15,7 @@ users expect.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shlex
 import socket
@@ -29,6 +30,7 @@ from fabric import Connection
 from fabmurder.config import Settings
 from fabmurder.contract import parse_reply
 from fabmurder.errors import HostError
+from fabmurder.redact import redact
 
 T = TypeVar("T")
 
@@ -43,15 +45,52 @@ POLL_TIMEOUT = 60.0
 QUIET: dict[str, Any] = {"hide": True, "warn": True, "in_stream": False}
 
 
+def feeding(text: str) -> dict[str, Any]:
+    """Return :data:`QUIET`'s run() keywords with ``text`` as the command's stdin (not echoed)."""
+    return {**QUIET, "in_stream": Feed(text), "echo_stdin": False}
+
+
+#: how the agent's interpreter runs a host command: ``-I`` (isolated) keeps the
+#: working directory (the SSH login directory) and ``PYTHON*`` variables off
+#: ``sys.path``, so a ``json.py`` left there cannot take over the command;
+#: ``-B`` writes no bytecode, so the venv stays as setup recorded it
+AGENT_FLAGS = ("-I", "-B")
+
+
 def agent_command(s: Settings, command: str, *args: object) -> str:
-    """Return the shell command that runs ``python -m fabmurder <command> <args>``."""
-    argv = [s.agent_python, "-m", "fabmurder", command, *(str(a) for a in args)]
-    return " ".join(shlex.quote(part) for part in argv)
+    """Return the shell command that runs ``python -I -B -m fabmurder <command> <args>``."""
+    argv = [s.agent_python, *AGENT_FLAGS, "-m", "fabmurder", command, *args]
+    return " ".join(quote(part) for part in argv)
 
 
 def quote(word: object) -> str:
-    """Quote one word for the remote shell."""
-    return shlex.quote(str(word))
+    """Quote one word for the remote shell; a leading ``~/`` stays the user's home there.
+
+    A path such as the default ``temp_path`` (``~/.cache/fabmurder/tmp``) is
+    the deploy user's own on each host: the remote shell expands the ``~``,
+    and everything after it is quoted as usual.
+    """
+    text = str(word)
+    if text.startswith("~/"):
+        return "~/" + shlex.quote(text[2:]) if len(text) > 2 else "~/"
+    return shlex.quote(text)
+
+
+def sftp_path(path: str) -> str:
+    """Return ``path`` as SFTP names it: ``~/x`` is ``x``, relative to the login directory."""
+    return path[2:] if path.startswith("~/") else path
+
+
+class Feed(io.StringIO):
+    """Text for a remote command's stdin, handed over in one piece.
+
+    Invoke reads ``in_stream`` one byte per ``read`` call (10 ms apart) when
+    it cannot tell how much is waiting; this stream answers any ``read`` with
+    all that is left, so a few kilobytes cost one pass, then end of file.
+    """
+
+    def read(self, size: int | None = -1) -> str:
+        return super().read()
 
 
 def shell(conn: Connection, command: str, what: str, timeout: float | None = None) -> Any:
@@ -63,7 +102,11 @@ def shell(conn: Connection, command: str, what: str, timeout: float | None = Non
 
 
 def failure_reason(result: Any) -> str:
-    """Return one line explaining why a command result or exception failed."""
+    """Return one line explaining why a command result or exception failed (tokens hidden)."""
+    return redact(_reason(result))
+
+
+def _reason(result: Any) -> str:
     if isinstance(result, BaseException):
         text = str(result).strip() or type(result).__name__
         if isinstance(result, HostError):
@@ -89,17 +132,24 @@ def run_agent(
     *args: object,
     ok: tuple[int, ...] = (0,),
     before: str = "",
+    stdin: str | None = None,
 ) -> dict[str, Any]:
     """Run a host-side command on ``conn`` and return the JSON it printed.
 
     :param ok: exit codes that count as success (``daemon start`` adds 3).
     :param before: a shell command run first, in the same round trip; the
         host-side command runs only if it succeeds.
+    :param stdin: text for the remote command's stdin (a secret or a file's
+        content travels there, never on a command line ``ps`` shows).
     :raises HostError: when the command exits with another code, with the
         last line of its stderr as the reason.
     """
     line = agent_command(s, command, *args)
-    result = conn.run(f"{before} && {line}" if before else line, **QUIET)
+    command_line = f"{before} && {line}" if before else line
+    if stdin is None:
+        result = conn.run(command_line, **QUIET)
+    else:
+        result = conn.run(command_line, **feeding(stdin))
     if result.exited not in ok:
         raise HostError(host_name(conn), f"{command}: {failure_reason(result)}", result)
     data = parse_reply(result.stdout) or {}

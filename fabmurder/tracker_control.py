@@ -12,21 +12,26 @@ from __future__ import annotations
 
 from fabmurder import contract
 from fabmurder.config import Settings
-from fabmurder.remote import ConnectionPool, quote, run_agent, shell
+from fabmurder.remote import ConnectionPool, agent_command, quote, run_agent, shell
 from fabmurder.report import Event, EventCallback
 
 
 def start(pool: ConnectionPool, s: Settings, address: str, token: str, emit: EventCallback) -> str:
-    """Start fabmurder's tracker on the tracker host, detached; say whether it already ran."""
+    """Start fabmurder's tracker on the tracker host, detached; say whether it already ran.
+
+    The plan's token goes to the token file first (on stdin, in the same
+    round trip), and the tracker reads it from there: no command line
+    that ``ps`` shows ever holds it.
+    """
     assert s.tracker
+    token_file = s.tmp(contract.TRACKER_TOKEN)
+    keep = agent_command(s, "token", "--file", token_file, "--stdin")
     data = run_agent(
         pool.get(s.tracker), s, "daemon", "start",
         "--pid-file", s.tmp(contract.TRACKER_PID), "--log", s.tmp(contract.TRACKER_LOG), "--",
         "tracker", "--bind", address, "--port", s.tracker_port,
-        "--allow-file", s.tmp(contract.ALLOW_LIST),
-        # "=" keeps a configured token that starts with "-" from reading as an option
-        f"--token={token}",
-        ok=(0, 3),
+        "--allow-file", s.tmp(contract.ALLOW_LIST), "--token-file", token_file,
+        ok=(0, 3), before=keep, stdin=token,
     )  # fmt: skip
     state = "already running" if data["exit"] == 3 else f"started (pid {data.get('pid')})"
     emit(Event("host", f"tracker {state}", s.tracker, {"ok": True}))

@@ -252,21 +252,28 @@ def test_a_peer_is_polled_when_its_download_should_be_done() -> None:
     assert _watch().next_poll(5.0, 10_000, fast=2.5) == pytest.approx(102.5)
 
 
-def test_the_inline_torrent_step_writes_the_exact_bytes_with_a_real_shell(tmp_path: Path) -> None:
+def test_the_torrent_step_writes_the_exact_bytes_from_stdin_with_a_real_shell(
+    tmp_path: Path,
+) -> None:
+    import sys
     from types import SimpleNamespace
 
     from fabmurder.config import Settings
-    from fabmurder.daemons import INLINE_TORRENT_MAX, place_torrent
+    from fabmurder.daemons import place_torrent
 
     torrent = tmp_path / "local.torrent"
-    torrent.write_bytes(bytes(range(256)) * 40 + b"'$(touch pwned)`;\n")
-    assert torrent.stat().st_size <= INLINE_TORRENT_MAX
+    torrent.write_bytes(bytes(range(256)) * 600 + b"'$(touch pwned)`;\n")  # over 128 KiB in base64
     temp, dest = tmp_path / "t mp", tmp_path / "de$st"
-    s = SimpleNamespace(temp_path=str(temp), destination_path=str(dest), tag="v1")
+    s = SimpleNamespace(
+        temp_path=str(temp), destination_path=str(dest), tag="v1", agent_python=sys.executable
+    )
     s.tmp = lambda name: f"{temp}/{name}"
-    step = place_torrent(cast(Settings, s), cast(Any, None), torrent)
-    subprocess.run(["sh", "-c", step], check=True, cwd=tmp_path)
+    step, text = place_torrent(cast(Settings, s), torrent)
+    assert text not in step  # the torrent (and its deploy token) is on no command line
+    subprocess.run(["sh", "-c", step], check=True, cwd=tmp_path, input=text.encode())
     assert (temp / "v1.torrent").read_bytes() == torrent.read_bytes()
+    assert (temp / "v1.torrent").stat().st_mode & 0o777 == 0o600
+    assert temp.stat().st_mode & 0o777 == 0o700
     assert dest.is_dir() and not (tmp_path / "pwned").exists()
     assert sorted(p.name for p in temp.iterdir()) == ["v1.torrent"]
 

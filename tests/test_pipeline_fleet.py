@@ -18,9 +18,8 @@ from typing import Any
 import pytest
 from invoke import Context
 
-from fabmurder import daemons, pipeline
+from fabmurder import pipeline
 from fabmurder.errors import DeployError
-from fabmurder.remote import FastConnection
 from fabmurder.report import DeployReport, Event
 from fabmurder.testing.deploykit import MANIFEST, agent_processes
 from fabmurder.testing.fleet import Fleet
@@ -436,26 +435,3 @@ def test_murder_stop_stops_everything_past_a_peer_that_is_down_and_names_it(
     again = pipeline.stop(c, on_event=lambda event: None)
     assert not again.failed and agent_processes(fleet, down) == []
     pipeline.clean_temp_files(c)
-
-
-def test_a_torrent_too_large_to_travel_inline_is_uploaded_to_each_peer(
-    fleet: Fleet, murder: dict[str, Any], release: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Any torrent over INLINE_TORRENT_MAX (a release over ~600 MiB) takes the SFTP path.
-    monkeypatch.setattr(daemons, "INLINE_TORRENT_MAX", 0)
-    uploads: list[str] = []
-    real_put = FastConnection.put
-
-    def put(self: FastConnection, *args: Any, **kwargs: Any) -> Any:
-        uploads.append(f"{self.host}:{kwargs.get('remote')}")
-        return real_put(self, *args, **kwargs)
-
-    monkeypatch.setattr(FastConnection, "put", put)
-    peers = fleet.hosts[3:5]
-    two = {**murder, "peers": [h.host_string for h in peers]}
-    report = pipeline.distribute_files(context(fleet, two), tag="r7")
-    assert report.failures == {}
-    assert sorted(uploads) == [f"{h.address}:{TEMP}/r7.torrent" for h in peers]
-    for host in peers:
-        assert manifest(fleet, host, f"{DEST}/r7") == release
-        assert [n for n in listing(fleet, host, TEMP) if "r7" in n] == [], host.name
