@@ -485,8 +485,8 @@ def test_ctrl_c_during_the_watch_stops_every_agent_it_started_and_says_so(wheel_
         if command.startswith('printf "addr='):
             address = f"10.0.0.{len(host)}"
             return Result(stdout=f"addr=10.9.9.9 5 {address} 22\nstamp={digest}\n")
-        if "tracker.token" in command:
-            return Result(stdout="tok\n")
+        if " token " in command:
+            return ok({"file": "/t/tracker.token", "token": "tok", "new": False})
         if " create " in command:
             return ok(info)
         if " poll " in command or " stats " in command:
