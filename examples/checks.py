@@ -43,6 +43,7 @@ def audit(run: Any) -> None:
         "hosts": list(run.hosts),
         "received": list(run.received),
         "switched": sorted(run.switched),
+        "probed": sorted(run.plan.found.addresses) if run.plan else [],
         "error": None if run.error is None else str(run.error),
     }
     with open(path, "a") as fh:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -152,9 +153,16 @@ def finish(
 
 
 def distribute(
-    pool: ConnectionPool, s: Settings, on_event: EventCallback | None = None
+    pool: ConnectionPool,
+    s: Settings,
+    on_event: EventCallback | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
 ) -> DeployReport:
-    """Run :func:`distribute_files` for the settings ``s`` over ``pool``, which the caller holds."""
+    """Run :func:`distribute_files` for the settings ``s`` over ``pool``, which the caller holds.
+
+    :param on_plan: called with the run's plan once it is made (the deploy
+        flow hands it to its hooks).
+    """
     s.require("seeder", "peers", "files_path", "destination_path", "tracker")
     assert s.seeder
     began = time.monotonic()
@@ -166,6 +174,8 @@ def distribute(
     # agent's call: the same release counts as installed, another one is
     # refused before anything is downloaded (unless force).
     plan = make_plan(pool, s, s.role_hosts, check_dest=s.peers, require=[s.seeder], tracker=True)
+    if on_plan:
+        on_plan(plan)
     hosts = peers.prepare(pool, plan, report, s.role_hosts)
     watches: dict[str, Watch] = {}
     seeder_lost = None

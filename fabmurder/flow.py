@@ -111,7 +111,7 @@ def run(
         try:
             registry.run("starting", ctx, emit)
             registry.run("distributing", ctx, emit)
-            ctx.report = distribution.distribute(pool, aimed(s), on_event)
+            ctx.report = distribution.distribute(pool, aimed(s), on_event, ctx.set_plan)
             ctx.received = ctx.report.succeeded
             shared.link(pool, lay, s.tag, ctx.received, stages.linked_dirs,
                         stages.linked_files, emit)  # fmt: skip

@@ -6,9 +6,9 @@
 
 and ``failed`` when anything raised. At each stage every hook registered
 for it is called with one argument, the run's :class:`RunContext`: the
-tag, the settings, the peers targeted, those that received the release,
-those switched (host -> the release they had), the report, and the Invoke
-context to run commands with.
+tag, the settings, the run's plan, the peers targeted, those that received
+the release, those switched (host -> the release they had), the report,
+and the Invoke context to run commands with.
 
 Register hooks in the fabfile::
 
@@ -39,6 +39,7 @@ from typing import Any
 
 from fabmurder.config import Settings
 from fabmurder.errors import ConfigError, HookError
+from fabmurder.plan import Plan
 from fabmurder.report import DeployReport, Event, EventCallback, ignore
 
 STAGES = (
@@ -70,8 +71,14 @@ class RunContext:
     #: host -> releases cleanup removed
     removed: dict[str, list[str]] = field(default_factory=dict)
     report: DeployReport | None = None
+    #: the run's frozen plan: hosts' addresses, probe, tracker URLs (from ``distributed`` on)
+    plan: Plan | None = None
     #: what stopped the run (for the ``failed`` hooks)
     error: BaseException | None = None
+
+    def set_plan(self, plan: Plan) -> None:
+        """Record the run's plan (the distribution calls it once the plan is made)."""
+        self.plan = plan
 
 
 Hook = Callable[[RunContext], Any]

@@ -297,6 +297,7 @@ def test_hooks_run_at_each_stage_and_a_failing_one_before_publishing_leaves_curr
     assert {line["tag"] for line in lines} == {"h1"}
     assert lines[0]["hosts"] == ["web1.prod", "web2.prod"] and lines[0]["received"] == []
     assert lines[2]["received"] == ["web1.prod", "web2.prod"] and lines[2]["switched"] == []
+    assert lines[1]["probed"] == [] and lines[2]["probed"] == ["build.prod", *lines[0]["hosts"]]
     assert lines[4]["switched"] == ["web1.prod", "web2.prod"]
 
     audit.unlink()
