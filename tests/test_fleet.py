@@ -19,8 +19,8 @@ import paramiko
 import pytest
 from fabric import Connection
 
-from fabmurder.testing import Fleet, FleetError, down, hostinit, up
-from fabmurder.testing.fleet import load, sibling_name
+from fabmurder.testing import Fleet, FleetError, down, hostinit, net, up
+from fabmurder.testing.fleet import Host, load, sibling_name
 from fabmurder.testing.net import RUN_DIR, choose_subnet, leftovers, netns_pids
 from fabmurder.testing.proc import is_alive, wait_until
 
@@ -241,6 +241,40 @@ def test_a_fleet_can_span_racks_and_every_host_reaches_every_other(require_root:
         assert fleet.connection(last).run("hostname", hide=True).stdout.strip() == last.name
     finally:
         down(own("rk"))
+
+
+MESH = r"""
+import socket, sys
+from concurrent.futures import ThreadPoolExecutor
+def connect(addr):
+    try:
+        socket.create_connection((addr, 22), timeout=5).close()
+    except OSError as exc:
+        return f"{addr}: {exc}"
+with ThreadPoolExecutor(16) as threads:
+    failed = [f for f in threads.map(connect, sys.argv[1:]) if f]
+print(len(failed), "; ".join(failed[:3]))
+"""
+
+
+def test_every_host_of_an_80_host_fleet_reaches_every_other_one(require_root: None) -> None:
+    # 80 hosts in a full mesh need 6,400 ARP entries in the kernel's one table for
+    # every namespace; its default cap of 1,024 left the last hosts unreachable.
+    fleet = up(80, name=own("ms"), racks=2)
+    try:
+        room = [int(Path(net.NEIGH_SYSCTL.format(i)).read_text()) for i in (1, 2, 3)]
+        assert all(have >= want for have, want in zip(room, net.neighbour_room(80), strict=True))
+
+        def reach(host: Host) -> str:
+            others = [a for a in fleet.addresses if a != host.address]
+            out = fleet.run_in(host, ["/usr/bin/python3", "-c", MESH, *others]).stdout
+            return f"{host.name}: {out.strip()}" if not out.startswith("0 ") else ""
+
+        with ThreadPoolExecutor(8) as threads:
+            failures = [line for line in threads.map(reach, fleet.hosts) if line]
+        assert not failures, failures[:5]
+    finally:
+        down(own("ms"))
 
 
 def test_a_shared_dir_is_the_same_read_only_bytes_on_every_host(

@@ -366,6 +366,7 @@ def _build(
     with net.subnet_lock():
         chosen = net.choose_subnet(subnet, prefix=net.rack_prefix(racks))
         control = net.create_bridge(name, chosen)
+        net.make_neighbour_room(n)
     links = net.create_hosts(name, chosen, n, racks)
     if rate_mbit is not None:
         net.shape(links, rate_mbit)

@@ -138,6 +138,38 @@ class Link:
     address: str
 
 
+#: the kernel's ARP table limits (``net.ipv4.neigh.default``), set in the root namespace
+NEIGH_SYSCTL = "/proc/sys/net/ipv4/neigh/default/gc_thresh{}"
+#: the most ARP entries a fleet asks the kernel to keep room for
+NEIGH_MAX = 1 << 22
+
+
+def neighbour_room(count: int) -> tuple[int, int, int]:
+    """Return the ARP table thresholds (gc_thresh1-3) a fleet of ``count`` hosts needs.
+
+    Linux keeps one ARP table for every network namespace, and its hard cap
+    (gc_thresh3, 1,024 by default) counts the entries of all of them. A
+    swarm is a full mesh: each of N hosts learns up to N neighbours, N² in
+    all. At 65 hosts (4,225 entries) the table overflowed ("neighbor table
+    overflow!" in dmesg), and the hosts that came last could reach nobody:
+    their announces sat in SYN-SENT, and the seeder had to make up for
+    them. Room for twice the mesh leaves space for a second fleet.
+    """
+    mesh = min(NEIGH_MAX, 2 * (count + 1) ** 2)
+    return max(128, mesh // 4), max(512, mesh // 2), max(1024, mesh)
+
+
+def make_neighbour_room(count: int) -> None:
+    """Raise (never lower) the kernel's ARP table limits to what ``count`` hosts need."""
+    for i, wanted in enumerate(neighbour_room(count), 1):
+        path = NEIGH_SYSCTL.format(i)
+        with open(path) as fh:
+            current = int(fh.read())
+        if wanted > current:
+            with open(path, "w") as fh:
+                fh.write(f"{wanted}\n")
+
+
 def create_bridge(fleet: str, net: ipaddress.IPv4Network) -> str:
     """Create the fleet's bridge with the control address (the first host address) on it."""
     bridge = bridge_name(fleet)
