@@ -174,6 +174,11 @@ def watch(
     stats_polled = 0.0
     feed = _open_feed(plan, report)
     following: Future[dict[str, Any]] | None = None
+    if feed is not None:
+        # a peer's silence counts from here: starting a large fleet takes a while
+        begun = time.monotonic()
+        for w in watches.values():
+            w.polled = max(w.polled, begun)
     by_host = {w.report.host: w for w in watches.values()}
     workers = min(s.parallel, len(watches) + 2)
     threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="murder-watch")
