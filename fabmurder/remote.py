@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import shlex
 import socket
 import threading
@@ -30,6 +29,7 @@ from fabric import Connection
 from fabmurder.config import Settings
 from fabmurder.contract import parse_reply
 from fabmurder.errors import HostError
+from fabmurder.known_hosts import KnownHosts, key_name
 from fabmurder.redact import redact
 
 T = TypeVar("T")
@@ -221,6 +221,7 @@ class ConnectionPool:
         self.known_hosts = known_hosts
         self._connections: dict[str, Connection] = {}
         self._names: dict[int, str] = {}
+        self._known: dict[tuple[str, ...], KnownHosts] = {}
         self._lock = threading.Lock()
 
     def __enter__(self) -> ConnectionPool:
@@ -256,10 +257,14 @@ class ConnectionPool:
             configured = str(conn.ssh_config.get("userknownhostsfile") or "")
             paths = configured.split() or ["~/.ssh/known_hosts"]
             paths.append("/etc/ssh/ssh_known_hosts")
-        for path in paths:
-            expanded = os.path.expanduser(path)
-            if os.path.isfile(expanded):
-                conn.client.load_host_keys(expanded)
+        # read once per pool (per set of files), not once per connection
+        known = self._known.get(tuple(paths))
+        if known is None:
+            known = self._known[tuple(paths)] = KnownHosts.load(paths)
+        name = key_name(conn.host, conn.port)
+        host_keys = conn.client.get_host_keys()
+        for keytype, key in known.find(name).items():
+            host_keys.add(name, keytype, key)
         conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
 
     def host_of(self, conn: Connection) -> str:
