@@ -104,10 +104,10 @@ def test_pieces_from_a_lying_peer_fail_their_hash_and_every_peer_ends_byte_ident
     kit: DeployKit, tree: dict[str, Any]
 ) -> None:
     """Expected: the liar sends data, peers count hash failures, finish from the others."""
-    liar = 6  # a role host (the tracker's), so the peers' ip_filter lets it in
-    murder = kit.murder(
-        (2, 3, 4, 5), tracker=kit.fleet.host(liar).host_string, upload_rate_limit=150_000
-    )
+    # The seeder's host, so that the peers' ip_filter (the seeder and the peers
+    # only) lets it in: an outsider's address would never reach them at all.
+    liar = 1
+    murder = kit.murder((2, 3, 4, 5), upload_rate_limit=150_000)
     c = kit.context({**murder, "tag": "cp1"})
     info = pipeline.create_torrent(c)
     pipeline.start_tracker(c)
@@ -140,8 +140,11 @@ def test_pieces_from_a_lying_peer_fail_their_hash_and_every_peer_ends_byte_ident
     # 1-3 failures per peer in the first runs, up to 5 once starts got faster).
     # A liar that is not banned (or comes straight back) keeps failing pieces: at
     # stop 1 that held honest peers below 90 % until the timeout.
+    # libtorrent makes one connection per address, so a peer that reached the
+    # seeder first never meets the liar on the same host: at least two peers do.
     failures = {h: (r.hash_failures, r.from_peers, r.from_seeder) for h, r in report.hosts.items()}
-    assert all(1 <= r.hash_failures <= 6 for r in report.hosts.values()), failures
+    assert all(r.hash_failures <= 6 for r in report.hosts.values()), failures
+    assert sum(1 for r in report.hosts.values() if r.hash_failures >= 1) >= 2, failures
 
 
 def test_a_release_that_does_not_match_the_recorded_sha256_is_never_installed(

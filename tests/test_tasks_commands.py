@@ -39,14 +39,18 @@ def test_a_path_with_spaces_and_quotes_reaches_the_agent_intact(tmp_path: Path) 
     s = settings(Context(), remote_path=str(tmp_path))
     command = agent_command(s, "create", "--src", NASTY, "--tag", "v1")
     out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == ["-m", "fabmurder", "create", "--src", NASTY, "--tag", "v1"]
+    # -I -B: no working-directory module can take over a host command (#12)
+    assert json.loads(out.stdout) == [
+        "-I", "-B", "-m", "fabmurder", "create", "--src", NASTY, "--tag", "v1",
+    ]  # fmt: skip
 
 
 def test_the_agent_command_quotes_every_argument_and_uses_the_agent_venv() -> None:
     s = settings(Context(), remote_path="/opt/my agent")
     command = agent_command(s, "clean", "--temp-path", "/tmp/a b")
     assert shlex.split(command) == [
-        "/opt/my agent/venv/bin/python", "-m", "fabmurder", "clean", "--temp-path", "/tmp/a b",
+        "/opt/my agent/venv/bin/python", "-I", "-B", "-m", "fabmurder",
+        "clean", "--temp-path", "/tmp/a b",
     ]  # fmt: skip
 
 
