@@ -45,6 +45,10 @@ Keys (all under ``murder``):
     instead of the ones fabmurder builds.
 ``force`` (False)
     replace a release that already exists at ``destination_path/<tag>``.
+``layout`` (``tarball``)
+    how a release travels: ``tarball`` (one tar file) or ``tree`` (file by
+    file, filled on each peer from its older tree releases; see
+    ``docs/delta.md``).
 ``piece_size``, ``libtorrent``
     torrent piece size in bytes (default: chosen by ``create`` from the
     release's size and the number of peers); libtorrent
@@ -104,6 +108,7 @@ DEFAULTS: dict[str, Any] = {
     "python": "python3",
     "wheel_dir": None,
     "force": False,
+    "layout": "tarball",
     "piece_size": None,
     "libtorrent": {},
     "poll_interval": 1.0,
@@ -128,6 +133,8 @@ _INT_KEYS = (
     "parallel",
 )
 _FLOAT_KEYS = ("timeout", "seed_after", "poll_interval")
+#: the values of ``murder.layout``: one tarball, or the tree file by file (docs/delta.md)
+LAYOUTS = ("tarball", "tree")
 _PATH_KEYS = ("remote_path", "temp_path", "files_path", "destination_path")
 
 
@@ -168,6 +175,7 @@ class Settings:
     strict_host_keys: bool = True
     known_hosts: tuple[str, ...] = ()
     keep_releases: int = 5
+    layout: str = "tarball"
 
     @property
     def agent_python(self) -> str:
@@ -331,6 +339,7 @@ def settings(c: Any, **overrides: Unpack[Options]) -> Settings:
         raise ConfigError("murder.parallel must be at least 1", key="parallel")
     piece = merged["piece_size"]
     values["piece_size"] = None if piece in (None, "", 0) else _number(piece, "piece_size", int)
+    values["layout"] = _layout(merged["layout"])
     values["force"] = _bool(merged["force"], "force")
     values["strict_host_keys"] = _bool(merged["strict_host_keys"], "strict_host_keys")
     known = merged["known_hosts"]
@@ -403,6 +412,15 @@ def _refuse_shared_temp(path: str) -> None:
             "needs one of the deploy user's own, such as the default ~/.cache/fabmurder/tmp",
             key="temp_path",
         )
+
+
+def _layout(value: Any) -> str:
+    layout = DEFAULTS["layout"] if value in (None, "") else value
+    if layout not in LAYOUTS:
+        raise ConfigError(
+            f"murder.layout must be one of {', '.join(LAYOUTS)}, not {value!r}", key="layout"
+        )
+    return str(layout)
 
 
 def _keep(value: Any) -> int:

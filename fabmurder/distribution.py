@@ -40,6 +40,8 @@ def create(pool: ConnectionPool, plan: Plan, emit: EventCallback) -> CreateInfo:
     # Without a configured size, create picks one for the release's size and
     # the number of peers (more, smaller pieces for many peers).
     args += ["--piece-size", s.piece_size] if s.piece_size else ["--peers", max(1, len(s.peers))]
+    if s.layout == "tree":
+        args += ["--layout", "tree"]
     reply = run_agent(pool.get(s.seeder), s, "create", *args)  # it makes temp_path
     for key in ("info_hash", "sha256", "torrent"):
         if not reply.get(key):

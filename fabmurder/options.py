@@ -41,6 +41,7 @@ class UntaggedOptions(TypedDict, total=False):
     python: str | None
     wheel_dir: str | None
     force: bool | str | None
+    layout: str | None
     piece_size: int | str | None
     libtorrent: Mapping[str, object] | None
     poll_interval: Number | None

@@ -74,12 +74,13 @@ FLAGS: dict[str, str] = {
     "dry_run": "resolve, probe and print what would run where; change nothing",
     "batch_size": "publish in batches of this many peers, or a percentage such as 25%",
     "health_check": "a command run in current on each switched peer; failing reverts",
+    "layout": "tarball (one tar file) or tree (file by file, reusing older tree releases)",
 }
 #: the flags of a whole distribution (distribute-files, deploy)
 RUN = (
     "tag", "files_path", "local_path", "destination_path", "force", "timeout", "seed_after",
     "max_failed_peers", "upload_rate_limit", "download_rate_limit", "parallel", "peers",
-    "report",
+    "report", "layout",
 )  # fmt: skip
 #: flags whose absence means False (switches); the others default to None
 SWITCHES = ("force", "dry_run")
