@@ -105,9 +105,9 @@ def start_peer(
         "--timeout", s.timeout, "--seed-after", s.seed_after,
         "--seeder", plan.address(s.seeder), *plan.allow_args, *rate_args(s, download=True),
     ]  # fmt: skip
-    if host in s.peers and len(s.peers) > 1:
+    if host in plan.stripes:
         # Each peer asks the seeder for its own slice first (host-side stripe_priorities).
-        args += ["--stripe", f"{s.peers.index(host)}/{len(s.peers)}"]
+        args += ["--stripe", plan.stripes[host]]
     if s.force:
         args.append("--force")
     if host in plan.report_ids:

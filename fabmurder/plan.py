@@ -137,6 +137,18 @@ class Plan:
         return self.tracker_urls.progress if self.tracker_urls else None
 
     @cached_property
+    def stripes(self) -> dict[str, str]:
+        """Return peer -> its ``--stripe i/N``: the slice it asks the seeder for first.
+
+        Built once: looking each peer up in the list again made starting N
+        peers cost N².
+        """
+        peers = list(self.s.peers)
+        if len(peers) < 2:
+            return {}
+        return {host: f"{i}/{len(peers)}" for i, host in reversed(list(enumerate(peers)))}
+
+    @cached_property
     def allow_args(self) -> tuple[str, ...]:
         """Return ``--allow`` arguments naming the swarm's addresses: the seeder and the peers.
 
