@@ -4,7 +4,7 @@ Runs on the seeder. It prints everything the control side records about the
 release, above all the release digest that every peer checks later: the
 tarball's SHA-256, or with ``--layout tree`` the manifest's (the tree is
 then not packed: ``<tag>.tree`` is a symlink to it, which the seeder
-serves, and ``<tag>.torrent`` is a hybrid torrent of its files, see
+serves, and ``<tag>.torrent`` is a v2 torrent of its files, see
 :mod:`fabmurder.host.tree`).
 """
 
