@@ -8,6 +8,14 @@ every copied piece against the new torrent, so a file edited in place
 after its install only costs the download of its pieces, and its edited
 bytes are never served (a piece that fails the check is not ours to seed).
 
+A file whose root no release here holds, but whose path one does (the
+same library, changed inside), starts as a copy of that older file, cut
+or extended to its new size: BEP 52 pieces are aligned to the file's
+start, so every piece before the first changed byte passes the check and
+only the changed pieces (and, when the size changed, every later one) are
+downloaded. Without it, a 64 KiB edit inside a 1 MiB file cost the whole
+file on every peer (the benchmark's delta run of commit 41adf49).
+
 The bytes are placed by reflink where the file system can share extents
 (``FICLONE``: btrfs, XFS, bcachefs), else copied; never hard-linked, since
 changing a file in one release must never change another.
@@ -36,40 +44,58 @@ _NO_REFLINK = (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.
 
 
 class Reused:
-    """What :func:`prefill` placed: files, bytes, and how many of those by reflink."""
+    """What :func:`prefill` placed: files and bytes by root, by reflink, and by path."""
 
-    __slots__ = ("files", "bytes", "reflinked")
+    __slots__ = ("files", "bytes", "reflinked", "by_path")
 
     def __init__(self) -> None:
         self.files = 0
         self.bytes = 0
         self.reflinked = 0
+        #: files started from an older file at the same path (libtorrent fetches what differs)
+        self.by_path = 0
 
 
-def index(dest: str) -> dict[str, list[str]]:
-    """Return ``{root: [path, ...]}`` of the files of every tree release under ``dest``.
+class Sources:
+    """The files of the tree releases on this peer: by root, and by path (newest release first)."""
+
+    __slots__ = ("roots", "paths")
+
+    def __init__(self) -> None:
+        self.roots: dict[str, list[str]] = {}
+        self.paths: dict[str, list[str]] = {}
+
+
+def index(dest: str) -> Sources:
+    """Return the files of every tree release under ``dest``, by root and by path.
 
     A release counts when its directory, its manifest and its marker are
     all there and the marker names that manifest's digest; anything else
     (a tarball release, a half-removed one, a record that does not parse)
-    is skipped, never an error.
+    is skipped, never an error. Newer records (by mtime) come first.
     """
-    found: dict[str, list[str]] = {}
+    found = Sources()
     try:
         names = os.listdir(dest)
     except OSError:
         return found
-    for name in sorted(names):
-        if not (name.startswith(".") and name.endswith(".manifest")):
-            continue
-        tag = name[1 : -len(".manifest")]
+    records = []
+    for name in names:
+        tag = name[1 : -len(".manifest")] if name.endswith(".manifest") else ""
         if not tag or name != manifest_record(tag):
             continue
+        try:
+            records.append((-os.lstat(os.path.join(dest, name)).st_mtime, tag))
+        except OSError:
+            continue
+    for _age, tag in sorted(records):
         tree = _recorded(dest, tag)
         if tree is None:
             continue
         for entry in manifest.files(tree):
-            found.setdefault(entry["root"], []).append(os.path.join(dest, tag, entry["path"]))
+            path = os.path.join(dest, tag, entry["path"])
+            found.roots.setdefault(entry["root"], []).append(path)
+            found.paths.setdefault(entry["path"], []).append(path)
     return found
 
 
@@ -87,17 +113,18 @@ def _recorded(dest: str, tag: str) -> dict[str, Any] | None:
     return tree if manifest.digest(tree) == recorded else None
 
 
-def prefill(tree: dict[str, Any], root: str, sources: dict[str, list[str]]) -> Reused:
-    """Place in ``root`` every file of ``tree`` whose root some local release holds.
+def prefill(tree: dict[str, Any], root: str, sources: Sources) -> Reused:
+    """Place in ``root`` every file of ``tree`` that some local release holds, by root or path.
 
     ``root`` is the staging directory, whose directories exist already. A
     source that is gone, is not a regular file or has the wrong size now
-    is passed over for the next one with that root (or the download).
+    is passed over for the next one with that root (or the download). A
+    file no root matches starts from the newest file at its path, if any.
     """
     reused = Reused()
     for entry in manifest.files(tree):
-        for source in sources.get(entry["root"], ()):
-            target = os.path.join(root, entry["path"])
+        target = os.path.join(root, entry["path"])
+        for source in sources.roots.get(entry["root"], ()):
             how = place(source, target, entry["size"])
             if how is None:
                 continue
@@ -105,14 +132,19 @@ def prefill(tree: dict[str, Any], root: str, sources: dict[str, list[str]]) -> R
             reused.bytes += entry["size"]
             reused.reflinked += how == "reflink"
             break
+        else:
+            for source in sources.paths.get(entry["path"], ())[:1]:
+                reused.by_path += place(source, target, entry["size"], exact=False) is not None
     return reused
 
 
-def place(source: str, target: str, size: int) -> str | None:
+def place(source: str, target: str, size: int, *, exact: bool = True) -> str | None:
     """Copy ``source`` to the new file ``target`` (0600); return ``"reflink"``, ``"copy"`` or None.
 
     None when ``source`` is not a regular file of ``size`` bytes (opened
     without following a symlink); ``target`` is then not left behind.
+    Without ``exact``, any size will do: the copy is cut or extended (with
+    zeros) to ``size``.
     """
     try:
         src_fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -120,12 +152,14 @@ def place(source: str, target: str, size: int) -> str | None:
         return None
     try:
         st = os.fstat(src_fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        if not stat.S_ISREG(st.st_mode) or (exact and st.st_size != size):
             return None
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         dst_fd = os.open(target, flags, 0o600)
         try:
-            how = _copy(src_fd, dst_fd, size)
+            how = _copy(src_fd, dst_fd, min(size, st.st_size))
+            if st.st_size != size:
+                os.ftruncate(dst_fd, size)
         except BaseException:
             os.close(dst_fd)
             os.unlink(target)

@@ -118,7 +118,11 @@ def _stage(agent: Agent) -> staging.Stage:
     assert agent.meta.manifest is not None
     agent.set_state("checking")
     stage = staging.begin(args.dest, args.tag, agent.meta.manifest)
-    agent.status.update(reused=stage.reused.bytes, reused_files=stage.reused.files)
+    agent.status.update(
+        reused=stage.reused.bytes,
+        reused_files=stage.reused.files,
+        reused_by_path=stage.reused.by_path,
+    )
     return stage
 
 
