@@ -39,6 +39,7 @@ from fabric import Connection
 
 from fabmurder.config import Settings
 from fabmurder.errors import HostError, MurderError
+from fabmurder.preinstall import ensure_remote_path
 from fabmurder.remote import QUIET, ConnectionPool, failure_reason, host_name
 from fabmurder.report import Event, EventCallback
 
@@ -273,7 +274,6 @@ def install_host(conn: Connection, s: Settings, wheels: WheelSet) -> str:
     :raises HostError: when the host lacks a usable Python or pip fails.
     """
     host = host_name(conn)
-    root = shlex.quote(s.remote_path)
     venv_py = shlex.quote(s.agent_python)
     stamp = stamp_path(s)
     probe = conn.run(
@@ -304,9 +304,10 @@ def install_host(conn: Connection, s: Settings, wheels: WheelSet) -> str:
             check,
         )
     wheel_dir = f"{s.remote_path}/wheels"
+    ensure_remote_path(conn, s)  # ours alone (0700), or refused before anything is written
     _checked(
         conn,
-        f"mkdir -p {root} && rm -rf {shlex.quote(wheel_dir)} && mkdir -p {shlex.quote(wheel_dir)}",
+        f"rm -rf {shlex.quote(wheel_dir)} && mkdir -m 0700 {shlex.quote(wheel_dir)}",
         "preparing remote_path",
     )
     for path in wheels.paths:

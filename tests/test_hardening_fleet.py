@@ -24,7 +24,7 @@ from invoke import Context
 
 from fabmurder import install, overview, pipeline
 from fabmurder.config import settings
-from fabmurder.errors import ConfigError
+from fabmurder.errors import ConfigError, DeployError
 from fabmurder.plan import Plan
 from fabmurder.probe import Probe
 from fabmurder.remote import agent_command, feeding
@@ -134,6 +134,36 @@ def test_a_temp_path_a_local_user_made_first_is_refused_and_gets_nothing(kit: De
     for host in (1, 2, 3):
         # nothing of the deploy user's landed in the intruder's directory
         assert kit.sh(host, f"find {SHARED_TEMP} -mindepth 1 -user root").strip() == "", host
+
+
+def test_a_remote_path_a_local_user_made_first_is_refused_before_a_wheel_is_uploaded(
+    kit: DeployKit,
+) -> None:
+    # /tmp is world-writable (sticky): a local user can make the agent's directory first
+    planted = "/tmp/fm-agent"
+    for host in (2, 3):
+        made = as_intruder(kit.fleet, host, 'mkdir -m 755 -- "$1"', planted)
+        assert made.returncode == 0, made.stderr
+    murder = {**kit.murder(peers=(2, 3)), "remote_path": planted}
+    try:
+        with pytest.raises(DeployError, match="setup failed on 2 host") as caught:
+            pipeline.setup(kit.context(murder))
+        for reason in caught.value.failures.values():
+            assert reason.startswith(f"remote_path: fabmurder: {planted} belongs to uid"), reason
+        for host in (2, 3):
+            # setup wrote nothing into the intruder's directory: no wheels, no venv
+            assert kit.sh(host, f"find {planted} -mindepth 1").strip() == "", host
+        # a fresh one is made 0700, the deploy user's own
+        fresh = {
+            **murder,
+            "remote_path": "/srv/fabmurder/fresh-agent",
+            "peers": [murder["peers"][0]],
+        }
+        pipeline.setup(kit.context(fresh))
+        assert mode(kit, 2, "/srv/fabmurder/fresh-agent") == 0o700
+    finally:
+        for host in (2, 3):
+            kit.sh(host, f"rm -rf {planted} /srv/fabmurder/fresh-agent")
 
 
 # -- secrets ---------------------------------------------------------------------------------
