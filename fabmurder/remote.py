@@ -29,6 +29,7 @@ from fabric import Connection
 from fabmurder.config import Settings
 from fabmurder.contract import parse_reply
 from fabmurder.errors import HostError
+from fabmurder.host.cli import raise_fd_limit
 from fabmurder.known_hosts import KnownHosts, key_name
 from fabmurder.redact import redact
 
@@ -197,8 +198,17 @@ class HostResults(dict[str, "T | BaseException"], Generic[T]):
         return {h: v for h, v in self.items() if isinstance(v, BaseException)}
 
 
+#: file descriptors a run needs beyond two per host (logs, pipes, the wheel files)
+FD_SPARE = 256
+
+
 def open_pool(c: Any, s: Settings) -> ConnectionPool:
-    """Return the pool of connections one run of ``s`` uses (enter it with ``with``)."""
+    """Return the pool of connections one run of ``s`` uses (enter it with ``with``).
+
+    The pool keeps a socket open per host: the soft ``RLIMIT_NOFILE`` (1,024
+    unless raised) is raised first to what the run's hosts need.
+    """
+    raise_fd_limit(2 * len(s.role_hosts) + FD_SPARE)
     return ConnectionPool(c.config, s.parallel, s.strict_host_keys, s.known_hosts)
 
 
