@@ -256,3 +256,15 @@ def test_a_file_changed_inside_starts_from_its_old_copy_and_fetches_only_its_cha
     assert status["reused_by_path"] >= 1
     # big.so is 1 MiB; its one changed piece (and the small changed files) came.
     assert fetched < 256 * 1024, status
+
+
+def test_stripes_of_a_tree_release_are_cut_from_the_pieces_still_missing() -> None:
+    from fabmurder.host.transfer import STRIPE_PRIORITY, stripe_priorities
+
+    missing = [3, 40, 41, 90, 91, 92, 200, 255]
+    firsts = []
+    for index in range(4):
+        prios = stripe_priorities(256, index, 4, missing=missing)
+        firsts.append([p for p, prio in enumerate(prios) if prio == STRIPE_PRIORITY])
+    # Every missing piece is first for exactly one peer, two each; none other is.
+    assert firsts == [[3, 40], [41, 90], [91, 92], [200, 255]]

@@ -138,7 +138,15 @@ def _fetch(agent: Agent, stage: staging.Stage | None, deadline: float) -> int:
         agent.pump()
         _check_deadline(agent, deadline)
     if args.stripe:
-        agent.handle.prioritize_pieces(stripe_priorities(agent.meta.num_pieces, *args.stripe))
+        missing = None
+        if stage is not None:
+            import libtorrent as lt  # loaded by open_session already
+
+            # Only the pieces no local release held are asked for: stripe those.
+            have = agent.handle.status(lt.status_flags_t.query_pieces).pieces
+            missing = [i for i, got in enumerate(have) if not got]
+        priorities = stripe_priorities(agent.meta.num_pieces, *args.stripe, missing=missing)
+        agent.handle.prioritize_pieces(priorities)
     agent.set_state("downloading")
     # torrent_finished_alert first: polling handle.status() is a blocking call into
     # the network thread, so it is asked only once the download says it is done.
@@ -169,7 +177,9 @@ def _fetch(agent: Agent, stage: staging.Stage | None, deadline: float) -> int:
     return EXIT_OK
 
 
-def stripe_priorities(num_pieces: int, index: int, count: int) -> list[int]:
+def stripe_priorities(
+    num_pieces: int, index: int, count: int, *, missing: list[int] | None = None
+) -> list[int]:
     """Return piece priorities that put peer ``index`` of ``count``'s own slice first.
 
     At the start only the seeder holds anything, and peers that pick the
@@ -177,10 +187,19 @@ def stripe_priorities(num_pieces: int, index: int, count: int) -> list[int]:
     priority for one slice each, the peers ask the seeder for different
     pieces first and fetch the rest from each other (rarest first), so the
     seeder sends each piece about once.
+
+    :param missing: the pieces still to fetch, when the peer holds some
+        already (a tree release filled from older ones): the slices are cut
+        from these, or a small change would fall in one peer's slice, and
+        every peer would ask the seeder for the same pieces.
     """
-    low = num_pieces * index // count
-    high = num_pieces * (index + 1) // count
-    return [STRIPE_PRIORITY if low <= i < high else DEFAULT_PRIORITY for i in range(num_pieces)]
+    wanted = list(range(num_pieces)) if missing is None else missing
+    low = len(wanted) * index // count
+    high = len(wanted) * (index + 1) // count
+    priorities = [DEFAULT_PRIORITY] * num_pieces
+    for piece in wanted[low:high]:
+        priorities[piece] = STRIPE_PRIORITY
+    return priorities
 
 
 def parse_stripe(text: str) -> tuple[int, int]:
