@@ -15,10 +15,10 @@ and measures, each with the real :func:`fabmurder.pipeline.distribute_files`:
   and one file of the same size as a tarball, to 4 uncapped peers.
 
 Bytes are the kernel's NIC counters (``/sys/class/net/eth0/statistics``):
-what the seeder sent, and what every host sent in all (SSH included). The
-control side has no setting for tree releases yet, so the benchmark passes
-``--layout tree`` to ``create`` itself. Results go to ``docs/delta-results.json``
-and ``docs/delta.png``.
+what the seeder sent, what every host sent in all, and what each peer
+received (SSH included). Tree runs set ``murder.layout: tree``. Results,
+with the ratios the issue's goals are stated in (``goals``), go to
+``docs/delta-results.json`` and ``docs/delta.png``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 from invoke import Context
 
 from benchmarks.scaling import context, load, shape
-from fabmurder import distribution, install, pipeline
+from fabmurder import install, pipeline
 from fabmurder.config import settings
 from fabmurder.testing import fleet as fleets
 from fabmurder.testing.fleet import Fleet, Host
@@ -48,18 +48,6 @@ OUT = ROOT / "docs" / "delta-results.json"
 PLOT = ROOT / "docs" / "delta.png"
 DEST = "/srv/releases"
 MIB = 1024 * 1024
-
-
-def tree_layout(on: bool) -> None:
-    """Make ``create`` ship trees (``--layout tree``) from now on, or tarballs again."""
-    real = getattr(distribution, "_real_run_agent", distribution.run_agent)
-    distribution._real_run_agent = real  # type: ignore[attr-defined]
-
-    def run_agent(conn: Any, s: Any, command: str, *args: Any, **kw: Any) -> Any:
-        extra = ["--layout", "tree"] if on and command == "create" else []
-        return real(conn, s, command, *args, *extra, **kw)
-
-    distribution.run_agent = run_agent  # type: ignore[assignment]
 
 
 def make_tree(root: Path, size_mib: int, files: int, seed: int = 1) -> None:
@@ -109,28 +97,41 @@ def change_tree(src: Path, dst: Path, seed: int = 2) -> int:
     return changed
 
 
-def nic(fl: Fleet, hosts: list[Host]) -> dict[str, int]:
-    """Return each host's eth0 transmitted bytes."""
-    cmd = ["cat", "/sys/class/net/eth0/statistics/tx_bytes"]
+def nic(fl: Fleet, hosts: list[Host]) -> dict[str, tuple[int, int]]:
+    """Return each host's eth0 (transmitted, received) bytes."""
+    cmd = [
+        "cat",
+        "/sys/class/net/eth0/statistics/tx_bytes",
+        "/sys/class/net/eth0/statistics/rx_bytes",
+    ]
+
+    def read(h: Host) -> tuple[int, int]:
+        tx, rx = fl.run_in(h, cmd).stdout.split()
+        return int(tx), int(rx)
+
     with ThreadPoolExecutor(8) as pool:
-        out = list(pool.map(lambda h: int(fl.run_in(h, cmd).stdout.strip()), hosts))
+        out = list(pool.map(read, hosts))
     return {h.host_string: n for h, n in zip(hosts, out, strict=True)}
 
 
 def measured(fl: Fleet, hosts: list[Host], run: Any) -> dict[str, Any]:
-    """Run ``run()`` and return its wall time and the bytes the hosts sent meanwhile."""
+    """Run ``run()``; return its wall time, the bytes the hosts sent and each peer received."""
     before, load_before = nic(fl, hosts), load()
     started = time.monotonic()
     extra = run() or {}
     seconds = time.monotonic() - started
     after = nic(fl, hosts)
-    sent = {h: after[h] - before[h] for h in before}
+    sent = {h: after[h][0] - before[h][0] for h in before}
+    received = [after[h.host_string][1] - before[h.host_string][1] for h in hosts[1:]]
     seeder = hosts[0].host_string
     return {
         "wall_s": round(seconds, 3),
         "seeder_sent": sent[seeder],
         "fleet_sent": sum(sent.values()),
+        "peer_received_max": max(received),
+        "peer_received_mean": sum(received) // len(received),
         "load_before": load_before,
+        "load_after": load(),
         **extra,
     }
 
@@ -144,11 +145,12 @@ def deploy(fl: Fleet, peers: list[Host], files_path: str, tag: str, extra: dict[
         if failed:
             raise RuntimeError(f"deploy {tag} failed on {failed}")
         cpu = [r.cpu_seconds or 0.0 for r in report.hosts.values()]
-        received = sum(r.from_seeder + r.from_peers for r in report.hosts.values())
+        received = [r.from_seeder + r.from_peers for r in report.hosts.values()]
         return {
             "peer_cpu_s": round(sum(cpu), 2),
             "size": report.size,
-            "payload_received": received,
+            "payload_received": sum(received),
+            "payload_received_max": max(received),
             "tag": tag,
         }
 
@@ -202,12 +204,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"make_tree(B / 'v1', {args.size_mib}, {args.files})\n"
             "print(change_tree(B / 'v1', B / 'v2'))",
         )
-        tree_layout(True)
+        tree = {**extra, "layout": "tree"}
         stamp = int(time.time())
         v1, v2 = f"t1-{stamp}", f"t2-{stamp}"
-        results["full"] = measured(fl, hosts, deploy(fl, peers, "/srv/build/v1", v1, extra))
+        results["full"] = measured(fl, hosts, deploy(fl, peers, "/srv/build/v1", v1, tree))
         print("full", results["full"], flush=True)
-        results["delta"] = measured(fl, hosts, deploy(fl, peers, "/srv/build/v2", v2, extra))
+        results["delta"] = measured(fl, hosts, deploy(fl, peers, "/srv/build/v2", v2, tree))
         print("delta", results["delta"], flush=True)
         results["rsync"] = measured(fl, hosts, rsync_push(fl, peers, "/srv/build/v2", v1))
         print("rsync", results["rsync"], flush=True)
@@ -218,10 +220,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fl.run_in(seeder, ["sh", "-c", f"mkdir -p /srv/build/one && {one}"])
         few_hosts = [seeder, *few]
         results["many_files_tree"] = measured(
-            fl, few_hosts, deploy(fl, few, "/srv/build/small", f"m-{stamp}", extra)
+            fl, few_hosts, deploy(fl, few, "/srv/build/small", f"m-{stamp}", tree)
         )
         print("many files, tree", results["many_files_tree"], flush=True)
-        tree_layout(False)
         results["many_files_tar"] = measured(
             fl, few_hosts, deploy(fl, few, "/srv/build/small", f"mt-{stamp}", extra)
         )
@@ -231,9 +232,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         print("one file", results["one_file"], flush=True)
     finally:
-        tree_layout(False)
         fl.down()
+    results["goals"] = goals(results)
     return results
+
+
+def goals(r: dict[str, Any]) -> dict[str, float]:
+    """Return the issue's goals as measured ratios (each goal's bound in its name)."""
+    changed = r["changed_bytes"]
+    return {
+        "delta_peer_payload_max_over_changed (<= 1.5)": round(
+            r["delta"]["payload_received_max"] / changed, 2
+        ),
+        "delta_peer_received_max_over_changed (<= 1.5, plus metadata <= 1 % of S)": round(
+            r["delta"]["peer_received_max"] / changed, 2
+        ),
+        "delta_seeder_sent_over_changed (<= 1.5)": round(r["delta"]["seeder_sent"] / changed, 2),
+        "rsync_seeder_sent_over_changed (about N)": round(r["rsync"]["seeder_sent"] / changed, 2),
+        "delta_wall_over_full (<= 0.25)": round(r["delta"]["wall_s"] / r["full"]["wall_s"], 3),
+        "delta_wall_over_rsync (< 1)": round(r["delta"]["wall_s"] / r["rsync"]["wall_s"], 3),
+        "many_files_tree_wall_over_one_file (<= 1.5)": round(
+            r["many_files_tree"]["wall_s"] / r["one_file"]["wall_s"], 2
+        ),
+    }
 
 
 def make_small(root: Path, count: int) -> int:
