@@ -151,9 +151,18 @@ def bench_delta(c: Context) -> None:
         c.run(f"{PYTHON} -m benchmarks.delta {passthrough()}".strip(), pty=False)
 
 
+@task(name="scale", help={"quick": "N = 16 on real hosts and 1,000 simulated only"})
+def bench_scale(c: Context, quick: bool = False) -> None:
+    """Benchmark the control plane at scale: real and SIMULATED fleets (benchmarks.scale)."""
+    flag = " --quick" if quick else ""
+    with c.cd(str(ROOT)):
+        c.run(f"{PYTHON} -m benchmarks.scale{flag} {passthrough()}".strip(), pty=False)
+
+
 bench_ns = Collection("bench")
 bench_ns.add_task(bench_tracker)
 bench_ns.add_task(bench_scaling, default=True)
 bench_ns.add_task(bench_delta)
+bench_ns.add_task(bench_scale)
 
 ns = Collection(test, lint, docs, demo, fleet_ns, bench_ns)
