@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from invoke import Context, Result
+from test_control import FakePool, ok, status
 
 from fabmurder import daemons, watch
 from fabmurder.config import settings
@@ -24,7 +25,6 @@ from fabmurder.plan import Plan, urls
 from fabmurder.probe import Probe
 from fabmurder.remote import ConnectionPool
 from fabmurder.report import DeployReport, HostReport
-from tests.test_control import FakePool, ok, status
 
 SMALL, LARGE = 500, 5000
 #: the largest growth of a per-host cost from SMALL to LARGE hosts that counts as flat
