@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from fabmurder.host.reporter import HEARTBEAT
+from fabmurder.testing.simagent import REANNOUNCE, TRANSFER
 from fabmurder.testing.simfleet import LABEL
 
 PHASE_ORDER = ("connect", "start", "watch", "finish", "publish")
@@ -36,7 +38,11 @@ def _fit(points: list[tuple[float, float]]) -> tuple[float, float] | None:
     return my - b * mx, b
 
 
-def refit(runs: list[dict[str, Any]], parallel: int) -> dict[str, Any]:
+def refit(
+    runs: list[dict[str, Any]],
+    parallel: int,
+    extra: list[dict[str, Any]] = (),  # type: ignore[assignment]
+) -> dict[str, Any]:
     """Refit the control-plane terms of benchmarks/model.py with the measured constants.
 
     ``control CPU = a + b N`` per fleet kind, per phase, and the start
@@ -74,7 +80,7 @@ def refit(runs: list[dict[str, Any]], parallel: int) -> dict[str, Any]:
         if idle:
             per = sum(idle) / len(idle)
             entry["idle_us_per_host_per_s"] = round(per, 1)
-            entry["idle_core_share_at"] = {n: round(per * n / 1e6, 2) for n in (1000, 5000)}
+            entry["idle_core_share_at"] = {str(n): round(per * n / 1e6, 2) for n in (1000, 5000)}
         if entry:
             out[kind] = entry
     return out
@@ -226,7 +232,7 @@ def _costs(runs: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
-def page(results: dict[str, Any], command: str) -> str:
+def page(results: dict[str, Any]) -> str:
     """Return docs/scale.md for one run of the benchmark."""
     runs = results["runs"]
     summary = [
@@ -241,6 +247,18 @@ def page(results: dict[str, Any], command: str) -> str:
             f"| {r['cpu_ms_per_host']:.1f} | {r['watch_cpu_per_s']:.3f} | {r['threads_max']} "
             f"| {r['fds_max']} | {r['rss_max_mib']:.0f} |"
         )
+    real = results.get("model", {}).get("real", {}).get("predicted_1000")
+    cost = (
+        [
+            "With the constants fitted on the real hosts, a deploy to 1,000 real hosts",
+            f"would cost the control host about {real['control_cpu_s']} s of CPU, and its",
+            f"start phase about {real['start_wall_s']} s of wall time (a linear fit: the",
+            "idle connections' cost, which grows with N x the run's length, is not in it).",
+            "",
+        ]
+        if real
+        else []
+    )
     verdicts = [
         f"- **{g['verdict']}**: {g['goal']}; measured: `{g['measured']}`" for g in results["goals"]
     ]
@@ -256,7 +274,7 @@ def page(results: dict[str, Any], command: str) -> str:
             "on a **simulated** fleet. Everything below was measured in one run and",
             "written by the benchmark itself (docs/scale-results.json has every number).",
             "",
-            f"- command: `{command}`",
+            f"- command: `{results['command']}`",
             f"- started {results['started']}, finished {results.get('finished', '?')}",
             f"- load average before: {results['load_before']} (2 cores, shared with other work)",
             f"- `murder.parallel` = {results['parallel']}",
@@ -272,9 +290,11 @@ def page(results: dict[str, Any], command: str) -> str:
             "simulated: its agent commands are answered in the server's process with",
             "the real commands' JSON (parsed by the real host-side parsers), and its",
             "peer agent announces and reports to the real tracker over HTTP, as the",
-            "real agent does (change of state at once, heartbeat every 2 s,",
-            "re-announce every 10 s), but moves no data. Shell steps that are not",
-            "agent commands (the probe, the release layout's scripts) run in `bash`.",
+            f"real agent does (change of state at once, heartbeat every {HEARTBEAT:g} s,",
+            f"re-announce every {REANNOUNCE:g} s), but moves no data: once the tracker",
+            f'counts a seeder it "downloads" for {TRANSFER:g} s and makes the release',
+            "directory and its marker. Shell steps that are not agent commands (the",
+            "probe, the release layout's scripts) run in `bash`, for real.",
             "",
             "It does not show: libtorrent on the peers, any data on the wire or on",
             "disk beyond the release directory and its marker, the peers' CPU and",
@@ -301,7 +321,7 @@ def page(results: dict[str, Any], command: str) -> str:
             "cost is Paramiko's transport threads, one per open connection, each",
             "waking ten times a second: it grows with N however quiet the watch is.",
             "",
-            *_costs(runs),
+            *_costs([*runs, *results.get("connections", [])]),
             "",
             "## The issue's goals",
             "",
@@ -317,5 +337,6 @@ def page(results: dict[str, Any], command: str) -> str:
             *[f"{k}: {v}" for k, v in model.items()],
             "```",
             "",
+            *cost,
         ]
     )

@@ -46,7 +46,8 @@ from fabmurder.testing.simagent import SimAgent, Tracker
 #: the root of every configured path on a simulated host (murder.remote_path and friends)
 ROOT = "/fmsim"
 OPERATORS = (";", "&&", "||")
-_PLAIN = ("test", "exit", "mkdir", "rm", "true")
+#: the plain words answered in this process, with the options they must come with
+_PLAIN = {"test": ["-x"], "mkdir": ["-p", "--"], "rm": ["-rf", "--"], "exit": [], "true": []}
 
 
 class Host:
@@ -98,7 +99,10 @@ class Host:
             return 0, "", ""
         if words[0] == "rm":
             for p in paths:
-                shutil.rmtree(p, ignore_errors=True)
+                if os.path.isdir(p) and not os.path.islink(p):
+                    shutil.rmtree(p)
+                elif os.path.lexists(p):
+                    os.unlink(p)
             return 0, "", ""
         if words[0] == "true":
             return 0, "", ""
@@ -265,7 +269,8 @@ def parse(command: str, agent_python: str) -> list[tuple[str, list[str], bool]] 
             if not words:
                 return None
             agent = words[:5] == [agent_python, "-I", "-B", "-m", "fabmurder"] and len(words) > 5
-            if not (agent or words[0] in _PLAIN):
+            plain = _PLAIN.get(words[0])
+            if not (agent or (plain is not None and words[1 : 1 + len(plain)] == plain)):
                 return None
             steps.append((op, words, quiet))
             op, words, quiet = token, [], False
