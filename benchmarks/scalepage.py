@@ -282,7 +282,7 @@ def page(results: dict[str, Any]) -> str:
             "## The simulated fleet, and what it does not show",
             "",
             f"{LABEL}. `fabmurder.testing.simfleet` runs real SSH servers (asyncssh),",
-            "one per host on its own loopback address `127.77.x.y` with its own host",
+            "one per host on its own loopback address `127.B.x.y` with its own host",
             "key in a real known_hosts file, so handshakes, host-key checks, logins,",
             "channels and SFTP are real, and fabmurder's control side runs unchanged.",
             "Host 1 (tracker and seeder) runs every command for real: the tracker, the",

@@ -2,8 +2,8 @@
 
 This is a simulation, and says so wherever it reports. What is real: the
 SSH servers (asyncssh, one listener per host on its own address
-``127.77.x.y``, one ed25519 host key per host listed in a real
-``known_hosts``, public-key logins, channels, SFTP), fabmurder's control
+``127.B.x.y``, ``B`` from the fleet's name; one ed25519 host key per
+host, listed in a real ``known_hosts``; public-key logins, channels, SFTP), fabmurder's control
 side unchanged, and on host 1 (tracker and seeder) every command, the
 tracker and the libtorrent seeder included. What is simulated: every other
 host. Its agent commands are answered in the server's process with the
@@ -28,30 +28,36 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncssh
-import paramiko
 from fabric import Config
 
+from fabmurder.testing.fleet import Fleet
 from fabmurder.testing.proc import FleetError, is_alive, wait_until
 from fabmurder.testing.simhost import ROOT
 
 #: the simulated hosts' SSH port (off 22: the machine's own sshd may hold it on 0.0.0.0)
 PORT = 2222
-#: host addresses: 250 per /24, from 127.77.0.2
+#: host addresses: 250 per /24, from 127.B.0.2
 HOSTS_PER_NET = 250
 AGENT = f"{ROOT}/agent"
 WHEEL = "fabmurder_sim-0-py3-none-any.whl"
 LABEL = "SIMULATED fleet (asyncssh on loopback; peers moved no data, ran no libtorrent)"
 
 
-def address(index: int) -> str:
-    """Return the loopback address of host ``index`` (1-based)."""
+def address(index: int, block: int = 77) -> str:
+    """Return the loopback address of host ``index`` (1-based) in ``127.<block>.0.0/16``."""
     net, host = divmod(index - 1, HOSTS_PER_NET)
-    return f"127.77.{net}.{host + 2}"
+    return f"127.{block}.{net}.{host + 2}"
+
+
+def block_of(name: str) -> int:
+    """Return the second octet of a fleet's addresses: fleets of other names use others."""
+    return 64 + zlib.crc32(name.encode()) % 128
 
 
 @dataclass
@@ -76,23 +82,17 @@ class SimFleet:
         """Return where host ``index``'s :data:`ROOT` lives on this machine."""
         return self.state_dir / "hosts" / self.addresses[index - 1] / ROOT.lstrip("/")
 
+    def connect_kwargs(self) -> dict[str, Any]:
+        return {"key_filename": [str(self.key_path)], "look_for_keys": False, "allow_agent": False}
+
     def fabric_config(self, **overrides: Any) -> Config:
-        """Return a Fabric config for the fleet (its key, its known_hosts, no stdin)."""
-        settings: dict[str, Any] = {
-            "user": "root",
-            "connect_kwargs": {
-                "key_filename": [str(self.key_path)],
-                "look_for_keys": False,
-                "allow_agent": False,
-            },
-            "timeouts": {"connect": 60},
-            "run": {"in_stream": False},
-        }
-        settings.update(overrides)
-        ssh_config = paramiko.SSHConfig.from_text(
-            f"Host *\n    UserKnownHostsFile {self.known_hosts_path}\n"
-        )
-        return Config(overrides=settings, ssh_config=ssh_config)
+        """Return a Fabric config for the fleet, as the real fleet's (its key and known_hosts).
+
+        The connect timeout is longer: thousands of handshakes share two cores.
+        """
+        # the real fleet's config reads only connect_kwargs() and known_hosts_path
+        real = cast(Fleet, self)
+        return Fleet.fabric_config(real, **{"timeouts": {"connect": 60}, **overrides})
 
     def murder(self, peers: int, **extra: Any) -> dict[str, Any]:
         """Return the ``murder`` config of a deploy from host 1 to hosts 2 .. ``peers`` + 1."""
@@ -135,7 +135,7 @@ def up(n: int, name: str = "sim", workers: int = 1, release_size: int = 1 << 20)
     down(name)
     state = state_dir(name)
     (state / "hosts").mkdir(parents=True, mode=0o700)
-    addresses = [address(i) for i in range(1, n + 1)]
+    addresses = [address(i, block_of(name)) for i in range(1, n + 1)]
     client = asyncssh.generate_private_key("ssh-ed25519")
     key_path = state / "id_ed25519"
     client.write_private_key(str(key_path))
@@ -205,7 +205,7 @@ def down(name: str = "sim") -> None:
         if pid and cmdline.exists() and b"simhost" in cmdline.read_bytes():
             os.kill(pid, 15)
             wait_until(lambda: not is_alive(pid), 30, f"simulated fleet server {pid} to end")  # noqa: B023
-    temp = state / "hosts" / address(1) / ROOT.lstrip("/") / "tmp"
+    temp = state / "hosts" / address(1, block_of(name)) / ROOT.lstrip("/") / "tmp"
     for pid_file in sorted(temp.glob("*.pid")) if temp.exists() else []:
         subprocess.run(
             [sys.executable, "-m", "fabmurder", "daemon", "stop", "--pid-file", str(pid_file)],
