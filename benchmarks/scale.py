@@ -359,6 +359,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="simulated host counts where only the connections' costs are measured (no deploy)",
     )
     p.add_argument("--quick", action="store_true", help="N = 16 real and 1,000 simulated")
+    p.add_argument(
+        "--note", action="append", default=[], help="a line for the page's notes (repeatable)"
+    )
     p.add_argument("--workers", type=int, default=1, help="simulated fleet server processes")
     p.add_argument("--name", default=os.environ.get("FABMURDER_FLEET_NAME", "sm")[:3])
     p.add_argument("--out", default=str(ROOT / "docs" / "scale-results.json"))
@@ -388,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python -m benchmarks.scale", *(argv or sys.argv[1:])]),
         "runs": [],
         "connections": [],
+        "notes": args.note,
     }
 
     def save() -> None:

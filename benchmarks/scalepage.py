@@ -279,6 +279,11 @@ def page(results: dict[str, Any]) -> str:
             f"- load average before: {results['load_before']} (2 cores, shared with other work)",
             f"- `murder.parallel` = {results['parallel']}",
             "",
+            *(
+                ["## Notes", "", *[f"- {n}" for n in results.get("notes", [])], ""]
+                if results.get("notes")
+                else []
+            ),
             "## The simulated fleet, and what it does not show",
             "",
             f"{LABEL}. `fabmurder.testing.simfleet` runs real SSH servers (asyncssh),",
