@@ -31,6 +31,7 @@ from invoke import Context
 from benchmarks import scalepage
 from fabmurder import install, pipeline, releases
 from fabmurder.config import settings
+from fabmurder.remote import FastConnection
 from fabmurder.report import Event
 from fabmurder.testing import fleet as real_fleet
 from fabmurder.testing import simfleet
@@ -158,6 +159,16 @@ def metrics(url: str | None) -> int:
 def deploy(c: Context, n: int, meter: Meter) -> dict[str, Any]:
     """Run ``murder.deploy`` under ``meter``; return the run's record."""
     failures: dict[str, str] = {}
+    counted: dict[str, int] = {}
+    real_run = FastConnection.run
+
+    def spy(self: FastConnection, command: str, **kwargs: Any) -> Any:
+        # the kind of each SSH command (a counter: the command still runs as it was)
+        kind = "poll" if " poll " in command else "feed" if "--while-seq" in command else "other"
+        counted[kind] = counted.get(kind, 0) + 1
+        return real_run(self, command, **kwargs)
+
+    FastConnection.run = spy  # type: ignore[method-assign]
     with meter:
         try:
             deployed = releases.deploy(c, on_event=meter.event)
@@ -167,6 +178,8 @@ def deploy(c: Context, n: int, meter: Meter) -> dict[str, Any]:
             ok = len(report.succeeded) if report is not None else 0
             failures = {h: r.reason or "?" for h, r in (report.hosts.items() if report else [])}
             failures = {h: why for h, why in failures.items() if why != "?"} or {"run": str(exc)}
+        finally:
+            FastConnection.run = real_run  # type: ignore[method-assign]
     phases = meter.phases()
     cpu = sum(p["cpu_s"] for p in phases.values())
     watch = phases.get("watch", {})
@@ -185,6 +198,8 @@ def deploy(c: Context, n: int, meter: Meter) -> dict[str, Any]:
         "threads_max": max(p.get("threads", 0) for p in phases.values()),
         "fds_max": max(p.get("fds", 0) for p in phases.values()),
         "rss_max_mib": max(p.get("rss_mib", 0) for p in phases.values()),
+        "ssh_commands": {**counted, "total": sum(counted.values())},
+        "ssh_commands_per_host": round(sum(counted.values()) / n, 2),
         "phases": phases,
         "load_after": [round(x, 2) for x in os.getloadavg()],
     }

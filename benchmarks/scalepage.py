@@ -237,15 +237,16 @@ def page(results: dict[str, Any]) -> str:
     runs = results["runs"]
     summary = [
         "| fleet | N | ok | wall s | control CPU s | ms per host | watch CPU/s | threads max "
-        "| fds max | RSS max MiB |",
-        "|" + "---|" * 10,
+        "| fds max | RSS max MiB | SSH commands per host | peer polls |",
+        "|" + "---|" * 12,
     ]
     for r in runs:
         kind = "SIMULATED" if r["kind"] == "simulated" else "real"
         summary.append(
             f"| {kind} | {r['n']} | {r['ok']}/{r['n']} | {r['wall_s']:.1f} | {r['cpu_s']:.2f} "
             f"| {r['cpu_ms_per_host']:.1f} | {r['watch_cpu_per_s']:.3f} | {r['threads_max']} "
-            f"| {r['fds_max']} | {r['rss_max_mib']:.0f} |"
+            f"| {r['fds_max']} | {r['rss_max_mib']:.0f} | {r.get('ssh_commands_per_host', '?')} "
+            f"| {r.get('ssh_commands', {}).get('poll', 0)} |"
         )
     real = results.get("model", {}).get("real", {}).get("predicted_1000")
     cost = (
