@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "poll": "fabmurder.host.statusfile",
     "digest": "fabmurder.host.digest",
     "token": "fabmurder.host.token",
+    "serve": "fabmurder.host.serve",
     "put": "fabmurder.host.put",
 }
 

@@ -11,7 +11,7 @@ Keys (all under ``murder``):
 ``tracker``, ``seeder``, ``peers``
     host strings (``user@host:port``) of the three roles; ``peers`` is a list
     or a comma/space separated string (the form an environment variable has).
-``tracker_port`` (8998), ``peer_port`` (6881)
+``tracker_port`` (8998), ``peer_port`` (6881), ``setup_port`` (8999)
     listen ports on the hosts.
 ``tracker_url``
     an external tracker's announce URL; when set, no tracker is started.
@@ -90,6 +90,7 @@ DEFAULTS: dict[str, Any] = {
     "peers": None,
     "tracker_port": 8998,
     "peer_port": 6881,
+    "setup_port": 8999,
     "tracker_url": None,
     "tracker_token": None,
     "tracker_register": None,
@@ -127,6 +128,7 @@ DEFAULTS: dict[str, Any] = {
 _INT_KEYS = (
     "tracker_port",
     "peer_port",
+    "setup_port",
     "max_failed_peers",
     "upload_rate_limit",
     "download_rate_limit",
@@ -151,6 +153,7 @@ class Settings:
     peers: tuple[str, ...]
     tracker_port: int
     peer_port: int
+    setup_port: int
     tracker_url: str | None
     tracker_token: str | None
     tracker_register: str | None
@@ -332,7 +335,7 @@ def settings(c: Any, **overrides: Unpack[Options]) -> Settings:
         values[key] = _number(merged[key], key, int)
     for key in _FLOAT_KEYS:
         values[key] = _number(merged[key], key, float)
-    for key in ("tracker_port", "peer_port"):
+    for key in ("tracker_port", "peer_port", "setup_port"):
         if not 0 < values[key] < 65536:
             raise ConfigError(f"murder.{key} must be a port number, got {merged[key]!r}", key=key)
     if values["parallel"] < 1:

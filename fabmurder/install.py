@@ -29,7 +29,7 @@ import shlex
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -37,6 +37,7 @@ from typing import Any
 
 from fabric import Connection
 
+from fabmurder import wheel_relay
 from fabmurder.config import Settings
 from fabmurder.errors import HostError, MurderError
 from fabmurder.preinstall import ensure_remote_path
@@ -264,12 +265,21 @@ def parse_check(stdout: str) -> str | None:
     return None
 
 
-def install_host(conn: Connection, s: Settings, wheels: WheelSet) -> str:
+def install_host(
+    conn: Connection,
+    s: Settings,
+    wheels: WheelSet,
+    deliver: Callable[[Connection, str], None] | None = None,
+) -> str:
     """Install the agent on one host; return "installed", "reinstalled (...)" or "up to date".
 
     An install whose stamp is current is checked file by file against the
     list setup made (:func:`check_command`): a venv that was changed since is
     installed again, and the result names what had changed.
+
+    :param deliver: how the wheels reach the host's empty wheel directory
+        (called with the connection and its path); by default SFTP from here
+        (:mod:`fabmurder.wheel_relay` fetches them from a relay host instead).
 
     :raises HostError: when the host lacks a usable Python or pip fails.
     """
@@ -310,8 +320,11 @@ def install_host(conn: Connection, s: Settings, wheels: WheelSet) -> str:
         f"rm -rf {shlex.quote(wheel_dir)} && mkdir -m 0700 {shlex.quote(wheel_dir)}",
         "preparing remote_path",
     )
-    for path in wheels.paths:
-        conn.put(str(path), remote=f"{wheel_dir}/{path.name}")
+    if deliver is None:
+        for path in wheels.paths:
+            conn.put(str(path), remote=f"{wheel_dir}/{path.name}")
+    else:
+        deliver(conn, wheel_dir)
     names = " ".join(shlex.quote(f"{wheel_dir}/{p.name}") for p in payload)
     venv = f"{shlex.quote(s.python)} -m venv {shlex.quote(s.remote_path + '/venv')}"
     if installer:
@@ -362,9 +375,8 @@ def install_agent(
     current = [h for h in hosts if stamps.get(h) == wheels.digest]
     if current:
         counts["up to date"] = len(current)
-    result = pool.fan_out(
-        [h for h in hosts if h not in current], lambda conn: install_host(conn, s, wheels)
-    )
+    stale = [h for h in hosts if h not in current]
+    result = wheel_relay.install_everywhere(pool, s, wheels, stale, install_host, emit)
     for host, value in result.succeeded.items():
         counts[value] = counts.get(value, 0) + 1
         emit(Event("host", f"agent {value}", host, {"ok": True, "quiet": True}))

@@ -24,6 +24,7 @@ class UntaggedOptions(TypedDict, total=False):
     peers: str | Sequence[str] | None
     tracker_port: int | str | None
     peer_port: int | str | None
+    setup_port: int | str | None
     tracker_url: str | None
     tracker_token: str | None
     tracker_register: str | None

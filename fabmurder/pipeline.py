@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Unpack
 
-from fabmurder import contract, daemons, distribution, install, peers, tracker_control
+from fabmurder import contract, daemons, distribution, install, peers, tracker_control, wheel_relay
 from fabmurder.config import Settings, settings
 from fabmurder.errors import ConfigError, DeployError
 from fabmurder.options import Options, UntaggedOptions
@@ -50,7 +50,10 @@ def setup(
         raise ConfigError("no hosts: set murder.tracker, murder.seeder and murder.peers")
     with open_pool(c, s) as pool:
         wheels = install.wheel_set(s)
-        result = pool.fan_out(s.role_hosts, lambda conn: install.install_host(conn, s, wheels))
+        emit = on_event or ignore
+        result = wheel_relay.install_everywhere(
+            pool, s, wheels, s.role_hosts, install.install_host, emit
+        )
     if result.failed:
         raise DeployError(f"setup failed on {len(result.failed)} host(s)", result.failed, result)
     return result
