@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 #: seconds the tracker host's command may take beyond its wait before the poll counts as hung
 SLACK = 20.0
+#: seconds without a report after which the tracker marks a peer silent (three of
+#: its heartbeats; fabmurder starts its tracker with it)
+SILENCE = 6.0
 
 
 class FeedError(HostError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from fabmurder import contract
 from fabmurder.config import Settings
+from fabmurder.feed import SILENCE
 from fabmurder.remote import ConnectionPool, agent_command, quote, run_agent, shell
 from fabmurder.report import Event, EventCallback
 
@@ -31,6 +32,8 @@ def start(pool: ConnectionPool, s: Settings, address: str, token: str, emit: Eve
         "--pid-file", s.tmp(contract.TRACKER_PID), "--log", s.tmp(contract.TRACKER_LOG), "--",
         "tracker", "--bind", address, "--port", s.tracker_port,
         "--allow-file", s.tmp(contract.ALLOW_LIST), "--token-file", token_file,
+        # a peer whose reports stop is news to the watch after this long
+        "--report-silence", SILENCE,
         ok=(0, 3), before=keep, stdin=token,
     )  # fmt: skip
     state = "already running" if data["exit"] == 3 else f"started (pid {data.get('pid')})"

@@ -32,7 +32,7 @@ from fabric import Connection
 from fabmurder import contract
 from fabmurder.config import Settings
 from fabmurder.errors import HostError
-from fabmurder.feed import Feed, settled
+from fabmurder.feed import SILENCE, Feed, settled
 from fabmurder.plan import Plan
 from fabmurder.remote import (
     POLL_TIMEOUT,
@@ -79,10 +79,12 @@ class Watch:
     measured: float = 0.0
     #: why the watch lost contact with the host, when it did
     lost: str | None = None
-    #: with a feed: when its report last changed (0: never), and whether that
-    #: change asks for a read of its status
+    #: with a feed: when its report last changed (0: never), whether that
+    #: change asks for a read of its status, and whether the tracker said it
+    #: went silent (its silence counts towards "no answer")
     heard: float = 0.0
     due: bool = False
+    silent: bool = False
 
     def next_poll(self, interval: float, size: int, fast: float = FAST_POLL) -> float:
         """Return when to poll this peer next: sooner when it should be about done.
@@ -273,6 +275,7 @@ def _follow(
             continue
         w.heard = now
         w.due = w.due or settled(peer)
+        w.silent = bool(peer["silent"])
         r = w.report
         if r.state not in contract.FINAL_STATES:
             r.state, r.bytes = peer["state"], peer["done"]
@@ -295,7 +298,9 @@ def _collect(pool: ConnectionPool, s: Settings, w: Watch, now: float, report: De
         # has lost its link or its sshd: fail it now, not at the deadline.
         # The clock starts when the poll runs, not while it waits for a thread.
         hang = min(POLL_TIMEOUT, max(5.0, s.timeout / 2))
-        if w.running and now - w.running > hang + 2 * w.wait:
+        # silent on the tracker for SILENCE s already: that much of the hang is over
+        waited = SILENCE if w.silent else 0.0
+        if w.running and now - w.running > max(2.0, hang - waited) + 2 * w.wait:
             w.lost = "no answer"
             report.fail(host, f"no answer for {hang:.0f} s during the download")
         return
