@@ -106,8 +106,11 @@ def test_pieces_from_a_lying_peer_fail_their_hash_and_every_peer_ends_byte_ident
     """Expected: the liar sends data, peers count hash failures, finish from the others."""
     # The seeder's host, so that the peers' ip_filter (the seeder and the peers
     # only) lets it in: an outsider's address would never reach them at all.
+    # libtorrent makes one connection per address unless told otherwise, and a
+    # peer that met the seeder first would never meet the liar beside it.
     liar = 1
-    murder = kit.murder((2, 3, 4, 5), upload_rate_limit=150_000)
+    both = {"allow_multiple_connections_per_ip": True}
+    murder = kit.murder((2, 3, 4, 5), upload_rate_limit=150_000, libtorrent=both)
     c = kit.context({**murder, "tag": "cp1"})
     info = pipeline.create_torrent(c)
     pipeline.start_tracker(c)
@@ -133,18 +136,13 @@ def test_pieces_from_a_lying_peer_fail_their_hash_and_every_peer_ends_byte_ident
     for index in (2, 3, 4, 5):
         assert kit.manifest(index, f"{kit.destination_path}/cp1") == tree, index
     assert told.get("uploaded", 0) > 0, told  # the liar really did send data
-    # Each honest peer caught bad pieces and banned the liar: libtorrent bans a
-    # peer at once when it alone sent a failed piece, else when its trust falls
-    # to -7 (-2 per failed piece it had blocks in: the 4th), and pieces already
-    # holding its blocks can fail just after (the release has 9 pieces of 64 KiB;
-    # 1-3 failures per peer in the first runs, up to 5 once starts got faster).
-    # A liar that is not banned (or comes straight back) keeps failing pieces: at
-    # stop 1 that held honest peers below 90 % until the timeout.
-    # libtorrent makes one connection per address, so a peer that reached the
-    # seeder first never meets the liar on the same host: at least two peers do.
+    # Each honest peer met the liar and caught its bad pieces. With one peer per
+    # address (the agents' setting) libtorrent bans a liar after 1-6 failed
+    # pieces; sharing the seeder's address, as here, it keeps coming back under
+    # that address (13-27 failures per peer were seen), and still every peer
+    # ends on the seeder's bytes within the deploy's time.
     failures = {h: (r.hash_failures, r.from_peers, r.from_seeder) for h, r in report.hosts.items()}
-    assert all(r.hash_failures <= 6 for r in report.hosts.values()), failures
-    assert sum(1 for r in report.hosts.values() if r.hash_failures >= 1) >= 2, failures
+    assert all(r.hash_failures >= 1 for r in report.hosts.values()), failures
 
 
 def test_a_release_that_does_not_match_the_recorded_sha256_is_never_installed(

@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 
@@ -168,17 +171,27 @@ def metrics_of(response: Response) -> dict[str, int]:
     return values
 
 
-def test_metrics_count_announces_scrapes_failures_and_peers_under_the_token() -> None:
-    proc = TrackerProcess.start(["--token", "t0ken"])
+def test_metrics_count_announces_scrapes_failures_and_peers_under_the_token(
+    tmp_path: Path,
+) -> None:
+    # the swarm is served under its deploy token only; the tracker token opens /metrics
+    allow = tmp_path / "tracker.allow"
+    added = subprocess.run(
+        [sys.executable, "-m", "fabmurder", "allow", "--file", str(allow),
+         "--add", HASH.hex(), "--token", "d3ploy"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    proc = TrackerProcess.start(["--allow-file", str(allow), "--token", "t0ken"])
     try:
         assert proc.get("/metrics").status == 404
         before = metrics_of(proc.get("/metrics/t0ken"))
         assert before["fabmurder_tracker_announces_total"] == 0
         assert before["fabmurder_tracker_peers"] == 0
-        proc.get(announce_target(HASH, pid(1), 7001, 0, path="/announce/t0ken"), "127.0.14.1")
-        proc.get(announce_target(HASH, pid(2), 7002, 9, path="/announce/t0ken"), "127.0.14.2")
-        proc.get("/announce/t0ken?info_hash=short", "127.0.14.3")
-        proc.get("/scrape/t0ken", "127.0.14.3")
+        proc.get(announce_target(HASH, pid(1), 7001, 0, path="/announce/d3ploy"), "127.0.14.1")
+        proc.get(announce_target(HASH, pid(2), 7002, 9, path="/announce/d3ploy"), "127.0.14.2")
+        proc.get("/announce/d3ploy?info_hash=short", "127.0.14.3")
+        proc.get("/scrape/d3ploy", "127.0.14.3")
         proc.get("/nowhere", "127.0.14.3")
         after = metrics_of(proc.get("/metrics/t0ken"))
         assert after["fabmurder_tracker_announces_total"] == 2
