@@ -208,11 +208,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stamp = int(time.time())
         v1, v2 = f"t1-{stamp}", f"t2-{stamp}"
         results["full"] = measured(fl, hosts, deploy(fl, peers, "/srv/build/v1", v1, tree))
-        print("full", results["full"], flush=True)
+        step(results, "full", args.out)
         results["delta"] = measured(fl, hosts, deploy(fl, peers, "/srv/build/v2", v2, tree))
-        print("delta", results["delta"], flush=True)
+        step(results, "delta", args.out)
         results["rsync"] = measured(fl, hosts, rsync_push(fl, peers, "/srv/build/v2", v1))
-        print("rsync", results["rsync"], flush=True)
+        step(results, "rsync", args.out)
         shape(fl, None)
         few = peers[:4]
         sizes = on_host(fl, seeder, f"print(make_small(B / 'small', {args.small_files}))")
@@ -222,19 +222,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["many_files_tree"] = measured(
             fl, few_hosts, deploy(fl, few, "/srv/build/small", f"m-{stamp}", tree)
         )
-        print("many files, tree", results["many_files_tree"], flush=True)
+        step(results, "many_files_tree", args.out)
         results["many_files_tar"] = measured(
             fl, few_hosts, deploy(fl, few, "/srv/build/small", f"mt-{stamp}", extra)
         )
-        print("many files, tarball", results["many_files_tar"], flush=True)
+        step(results, "many_files_tar", args.out)
         results["one_file"] = measured(
             fl, few_hosts, deploy(fl, few, "/srv/build/one", f"o-{stamp}", extra)
         )
-        print("one file", results["one_file"], flush=True)
+        step(results, "one_file", args.out)
     finally:
         fl.down()
     results["goals"] = goals(results)
     return results
+
+
+def step(results: dict[str, Any], key: str, out: str) -> None:
+    """Print one measurement and write the results so far (a run cut short keeps them)."""
+    print(key, results[key], flush=True)
+    Path(out).write_text(json.dumps(results, indent=2) + "\n")
 
 
 def goals(r: dict[str, Any]) -> dict[str, float]:
