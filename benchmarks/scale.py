@@ -375,6 +375,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--quick", action="store_true", help="N = 16 real and 1,000 simulated")
     p.add_argument(
+        "--render",
+        action="store_true",
+        help="only judge, plot and write the page from the runs already in --out",
+    )
+    p.add_argument(
         "--note", action="append", default=[], help="a line for the page's notes (repeatable)"
     )
     p.add_argument("--workers", type=int, default=1, help="simulated fleet server processes")
@@ -394,6 +399,8 @@ def counts(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render(args)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     results: dict[str, Any] = {
@@ -437,9 +444,17 @@ def main(argv: list[str] | None = None) -> int:
         print(results["connections"][-1]["connection_costs"], flush=True)
         save()
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    save()
+    return render(args)
+
+
+def render(args: argparse.Namespace) -> int:
+    """Judge the runs in ``args.out``, refit the model, write the JSON, the plot and the page."""
+    results = json.loads(Path(args.out).read_text())
+    results.setdefault("finished", "stopped before the end (--render)")
     results["model"] = scalepage.refit(results["runs"], results["parallel"], results["connections"])
     results["goals"] = scalepage.goals(results["runs"], results["parallel"])
-    save()
+    Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     scalepage.plot(results, args.plot)
     # rendered from the JSON as saved, as tests/test_docs_scale.py renders it
     Path(args.page).write_text(scalepage.page(json.loads(json.dumps(results))))
