@@ -72,14 +72,20 @@ Keys (all under ``murder``):
 from __future__ import annotations
 
 import difflib
-import posixpath
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Unpack
 
+from fabmurder.config_values import (
+    boolean,
+    check_roles,
+    host_list,
+    number,
+    refuse_shared_temp,
+    split_host,
+)
 from fabmurder.errors import ConfigError
-from fabmurder.host import privatedir
 from fabmurder.options import Options
 from fabmurder.tags import default_tag, validate_tag
 
@@ -226,74 +232,6 @@ class Settings:
         return self
 
 
-def split_host(host: str) -> tuple[str | None, str, int | None]:
-    """Split a ``user@host:port`` host string into its three parts.
-
-    :raises ConfigError: if the port is not a number.
-    """
-    user, _, rest = host.rpartition("@")
-    port: int | None = None
-    hostname = rest
-    if rest.startswith("["):  # [v6addr]:port
-        hostname, _, tail = rest[1:].partition("]")
-        if tail.startswith(":"):
-            port = _port(tail[1:], host)
-    elif rest.count(":") == 1:
-        hostname, _, tail = rest.partition(":")
-        port = _port(tail, host)
-    return (user or None), hostname, port
-
-
-def _port(text: str, host: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(f"host string {host!r} has a non-numeric port {text!r}") from None
-
-
-def _host_key(host: str) -> tuple[str, int]:
-    _, hostname, port = split_host(host)
-    return hostname.lower(), port or 22
-
-
-def _hosts(value: Any, key: str) -> tuple[str, ...]:
-    if value is None or value == "":
-        return ()
-    if isinstance(value, str):
-        items = value.replace(",", " ").split()
-    elif isinstance(value, list | tuple):
-        items = list(value)
-    else:
-        raise ConfigError(f"murder.{key} must be a list of host strings, not {value!r}", key=key)
-    for item in items:
-        if not isinstance(item, str) or not item.strip():
-            raise ConfigError(f"murder.{key} holds an invalid host string: {item!r}", key=key)
-    return tuple(item.strip() for item in items)
-
-
-def _number(value: Any, key: str, kind: type) -> Any:
-    if isinstance(value, bool):
-        raise ConfigError(f"murder.{key} must be a number, not {value!r}", key=key)
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"murder.{key} must be a number, not {value!r}", key=key) from None
-    if number < 0:
-        raise ConfigError(f"murder.{key} must not be negative, got {value!r}", key=key)
-    return number
-
-
-def _bool(value: Any, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"murder.{key} must be true or false, not {value!r}", key=key)
-
-
 def warn_unknown_keys(tree: Mapping[str, Any]) -> list[str]:
     """Warn about each key of ``tree`` that fabmurder does not know; return them."""
     unknown = sorted(key for key in tree if key not in DEFAULTS)
@@ -332,19 +270,19 @@ def settings(c: Any, **overrides: Unpack[Options]) -> Settings:
 
     values: dict[str, Any] = {}
     for key in _INT_KEYS:
-        values[key] = _number(merged[key], key, int)
+        values[key] = number(merged[key], key, int)
     for key in _FLOAT_KEYS:
-        values[key] = _number(merged[key], key, float)
+        values[key] = number(merged[key], key, float)
     for key in ("tracker_port", "peer_port", "setup_port"):
         if not 0 < values[key] < 65536:
             raise ConfigError(f"murder.{key} must be a port number, got {merged[key]!r}", key=key)
     if values["parallel"] < 1:
         raise ConfigError("murder.parallel must be at least 1", key="parallel")
     piece = merged["piece_size"]
-    values["piece_size"] = None if piece in (None, "", 0) else _number(piece, "piece_size", int)
+    values["piece_size"] = None if piece in (None, "", 0) else number(piece, "piece_size", int)
     values["layout"] = _layout(merged["layout"])
-    values["force"] = _bool(merged["force"], "force")
-    values["strict_host_keys"] = _bool(merged["strict_host_keys"], "strict_host_keys")
+    values["force"] = boolean(merged["force"], "force")
+    values["strict_host_keys"] = boolean(merged["strict_host_keys"], "strict_host_keys")
     known = merged["known_hosts"]
     if isinstance(known, str):
         known = [known]
@@ -360,11 +298,11 @@ def settings(c: Any, **overrides: Unpack[Options]) -> Settings:
         if host is not None and (not isinstance(host, str) or not host.strip()):
             raise ConfigError(f"murder.{key} must be a host string, not {host!r}", key=key)
         values[key] = host.strip() if host else None
-    values["peers"] = _hosts(merged["peers"], "peers")
+    values["peers"] = host_list(merged["peers"], "peers")
     for key in ("tracker", "seeder"):
         if values[key]:
             split_host(values[key])
-    _check_roles(values["seeder"], values["peers"])
+    check_roles(values["seeder"], values["peers"])
 
     for key in _PATH_KEYS:
         path = merged[key]
@@ -381,7 +319,7 @@ def settings(c: Any, **overrides: Unpack[Options]) -> Settings:
                 + f", got {merged[key]!r}",
                 key=key,
             )
-    _refuse_shared_temp(values["temp_path"])
+    refuse_shared_temp(values["temp_path"])
     for key in ("tracker_url", "tracker_token", "tracker_register", "local_path", "wheel_dir"):
         values[key] = str(merged[key]) if merged[key] not in (None, "") else None
     token = values["tracker_token"]
@@ -395,26 +333,6 @@ def settings(c: Any, **overrides: Unpack[Options]) -> Settings:
         raise ConfigError(f"murder.libtorrent must be a mapping, not {lt!r}", key="libtorrent")
     values["libtorrent"] = dict(lt)
     return Settings(**values)
-
-
-def _refuse_shared_temp(path: str) -> None:
-    """Refuse a ``temp_path`` every user of a host shares (``clean`` empties it of our names).
-
-    :raises ConfigError: naming the path, before any host is touched.
-    """
-    if path.startswith("~/"):
-        # the home itself (or above it) holds files that are not ours to clean
-        below_home = posixpath.normpath(path[2:])
-        shared = below_home == "." or below_home.startswith("..")
-    else:
-        # as spelled: what a path resolves to is each host's business (privatedir.ensure)
-        shared = posixpath.normpath(path) in privatedir.SHARED_DIRS
-    if shared:
-        raise ConfigError(
-            f"murder.temp_path {path!r} is a directory other users share or own; fabmurder "
-            "needs one of the deploy user's own, such as the default ~/.cache/fabmurder/tmp",
-            key="temp_path",
-        )
 
 
 def _layout(value: Any) -> str:
@@ -439,20 +357,3 @@ def _keep(value: Any) -> int:
             key="keep_releases",
         )
     return keep
-
-
-def _check_roles(seeder: str | None, peers: tuple[str, ...]) -> None:
-    seen: dict[tuple[str, int], str] = {}
-    for host in peers:
-        key = _host_key(host)
-        if key in seen:
-            raise ConfigError(
-                f"murder.peers names the same host twice: {seen[key]!r} and {host!r}",
-                key="peers",
-            )
-        seen[key] = host
-    if seeder and _host_key(seeder) in seen:
-        raise ConfigError(
-            f"host {seeder!r} is both the seeder and a peer; a host may play one of these roles",
-            key="peers",
-        )

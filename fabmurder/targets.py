@@ -23,7 +23,8 @@ from typing import Any
 
 from invoke.env import Environment
 
-from fabmurder.config import DEFAULTS, Settings, _hosts, split_host
+from fabmurder.config import DEFAULTS, Settings
+from fabmurder.config_values import host_list, split_host
 from fabmurder.errors import ConfigError
 
 HOST_FLAG_REFUSED = (
@@ -48,7 +49,7 @@ def parse_hosts(value: str | Sequence[str] | None) -> list[str] | None:
     """Return the host strings a flag or config value names (comma or space separated)."""
     if value is None:
         return None
-    return list(_hosts(value, "peers"))
+    return list(host_list(value, "peers"))
 
 
 def subset(s: Settings, hosts: Iterable[str] | str | None) -> list[str]:
