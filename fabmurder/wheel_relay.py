@@ -35,7 +35,6 @@ from fabmurder.remote import (
     quote,
     run_agent,
 )
-
 from fabmurder.report import Event, EventCallback, ignore
 
 if TYPE_CHECKING:
