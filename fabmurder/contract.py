@@ -101,7 +101,7 @@ TRACKER_TOKEN = "tracker.token"
 TEMP_INFIX = ".tmp-"
 #: the roles that run an agent per release, and their files' suffixes
 AGENT_ROLES = ("seed", "peer")
-_AGENT_SUFFIXES = (".pid", ".log", ".status.json")
+_AGENT_SUFFIXES = (".pid", ".log", ".status.json", ".allow")
 _RELEASE_SUFFIXES = (".tar", ".torrent", ".tree")
 #: beside ``destination_path/<tag>``: the SHA-256 of the artifact installed there
 MARKER_SUFFIX = ".sha256"
@@ -127,6 +127,16 @@ def pid_file(role: str, tag: str | None = None) -> str:
 def log_file(role: str, tag: str | None = None) -> str:
     """Return a daemon's log file name."""
     return TRACKER_LOG if role == "tracker" else f"{role}-{tag}.log"
+
+
+def allow_file(role: str, tag: str) -> str:
+    """Return the name of a peer agent's allow-list (one address or network per line)."""
+    return f"{role}-{tag}.allow"
+
+
+#: ``setup``'s wheel relay: its PID file and log (stopped and removed when setup ends)
+RELAY_PID = "setup-relay.pid"
+RELAY_LOG = "setup-relay.log"
 
 
 def status_file(role: str, tag: str) -> str:

@@ -72,7 +72,7 @@ def start_seed(pool: ConnectionPool, plan: Plan, emit: EventCallback) -> int | N
     return pid if isinstance(pid, int) else None
 
 
-def place_torrent(s: Settings, torrent: Path) -> tuple[str, str]:
+def place_files(s: Settings, torrent: Path, allow: str) -> tuple[str, str]:
     """Return the shell step that puts ``torrent`` in place on a peer, and its stdin.
 
     The torrent (it holds the deploy token) travels as base64 on the
@@ -84,9 +84,12 @@ def place_torrent(s: Settings, torrent: Path) -> tuple[str, str]:
     """
     assert s.destination_path
     final = s.tmp(contract.torrent(s.tag))
-    put = agent_command(s, "put", "--file", final, "--base64")
-    step = f"{put} >/dev/null && mkdir -p -- {quote(s.destination_path)}"
-    return step, base64.b64encode(torrent.read_bytes()).decode("ascii")
+    encoded = base64.b64encode(torrent.read_bytes()).decode("ascii")
+    # one stdin, two files: the first put takes exactly the torrent's bytes
+    put = agent_command(s, "put", "--file", final, "--base64", "--bytes", len(encoded))
+    listed = agent_command(s, "put", "--file", s.tmp(contract.allow_file("peer", s.tag)))
+    step = f"{put} >/dev/null && {listed} >/dev/null && mkdir -p -- {quote(s.destination_path)}"
+    return step, encoded + allow
 
 
 def start_peer(
@@ -96,14 +99,15 @@ def start_peer(
     s = plan.s
     assert s.destination_path and s.seeder
     host = pool.host_of(conn)
-    before, torrent_text = place_torrent(s, torrent)
+    before, stdin = place_files(s, torrent, plan.allow_text)
     args: list[object] = [
         "--torrent", s.tmp(contract.torrent(s.tag)), "--save-path", s.temp_path,
         "--bind", plan.address(host), "--port", s.peer_port,
         "--status-file", s.tmp(contract.status_file("peer", s.tag)),
         "--sha256", sha256, "--dest", s.destination_path, "--tag", s.tag,
         "--timeout", s.timeout, "--seed-after", s.seed_after,
-        "--seeder", plan.address(s.seeder), *plan.allow_args, *rate_args(s, download=True),
+        "--seeder", plan.address(s.seeder),
+        "--allow-file", s.tmp(contract.allow_file("peer", s.tag)), *rate_args(s, download=True),
     ]  # fmt: skip
     if host in plan.stripes:
         # Each peer asks the seeder for its own slice first (host-side stripe_priorities).
@@ -117,7 +121,7 @@ def start_peer(
         conn, s, "daemon", "start",
         "--pid-file", s.tmp(contract.pid_file("peer", s.tag)),
         "--log", s.tmp(contract.log_file("peer", s.tag)),
-        "--", "peer", *args, ok=(0, 3), before=before, stdin=torrent_text,
+        "--", "peer", *args, ok=(0, 3), before=before, stdin=stdin,
     )  # fmt: skip
     pid = data.get("pid")
     return pid if isinstance(pid, int) else None

@@ -149,6 +149,16 @@ class Plan:
         return {host: f"{i}/{len(peers)}" for i, host in reversed(list(enumerate(peers)))}
 
     @cached_property
+    def allow_text(self) -> str:
+        """Return the swarm's allow-list as the agents' ``--allow-file`` holds it, built once.
+
+        It travels on the start command's stdin, so no command line grows
+        with the number of peers (at a few thousand scattered addresses one
+        would pass Linux's 128 KiB limit for an argument).
+        """
+        return "".join(f"{arg}\n" for arg in self.allow_args[1::2])
+
+    @cached_property
     def allow_args(self) -> tuple[str, ...]:
         """Return ``--allow`` arguments naming the swarm's addresses: the seeder and the peers.
 

@@ -419,7 +419,10 @@ def test_a_peer_starts_with_its_slice_and_the_allow_list_built_once() -> None:
     assert daemons.start_peer(pool, plan, pool.get("web2"), torrent, "f" * 64) == 50
     command = pool.log[-1][1]
     assert "--stripe 1/3" in command and "--seeder 10.0.0.1" in command
-    assert " ".join(plan.allow_args) in command and plan.allow_args is plan.allow_args
+    # the list travels as a file on stdin (put), not on the command line
+    assert "--allow-file ~/.cache/fabmurder/tmp/peer-v1.allow" in command
+    assert "--allow " not in command and plan.allow_text is plan.allow_text
+    assert plan.allow_text == "10.0.0.1/32\n10.0.0.2/31\n10.0.0.4/32\n"
     assert plan.allow_args == (
         "--allow",
         "10.0.0.1/32",

@@ -259,7 +259,7 @@ def test_the_torrent_step_writes_the_exact_bytes_from_stdin_with_a_real_shell(
     from types import SimpleNamespace
 
     from fabmurder.config import Settings
-    from fabmurder.daemons import place_torrent
+    from fabmurder.daemons import place_files
 
     torrent = tmp_path / "local.torrent"
     torrent.write_bytes(bytes(range(256)) * 600 + b"'$(touch pwned)`;\n")  # over 128 KiB in base64
@@ -268,14 +268,18 @@ def test_the_torrent_step_writes_the_exact_bytes_from_stdin_with_a_real_shell(
         temp_path=str(temp), destination_path=str(dest), tag="v1", agent_python=sys.executable
     )
     s.tmp = lambda name: f"{temp}/{name}"
-    step, text = place_torrent(cast(Settings, s), torrent)
-    assert text not in step  # the torrent (and its deploy token) is on no command line
+    allow = "".join(f"10.{i // 256}.{i % 256}.1/32\n" for i in range(5000))  # 5,000 networks
+    step, text = place_files(cast(Settings, s), torrent, allow)
+    # the torrent (and its deploy token) and the allow-list are on no command line
+    assert len(step) < 1024 and "10.0.0.1" not in step
     subprocess.run(["sh", "-c", step], check=True, cwd=tmp_path, input=text.encode())
     assert (temp / "v1.torrent").read_bytes() == torrent.read_bytes()
     assert (temp / "v1.torrent").stat().st_mode & 0o777 == 0o600
+    assert (temp / "peer-v1.allow").read_text() == allow
+    assert (temp / "peer-v1.allow").stat().st_mode & 0o777 == 0o600
     assert temp.stat().st_mode & 0o777 == 0o700
     assert dest.is_dir() and not (tmp_path / "pwned").exists()
-    assert sorted(p.name for p in temp.iterdir()) == ["v1.torrent"]
+    assert sorted(p.name for p in temp.iterdir()) == ["peer-v1.allow", "v1.torrent"]
 
 
 def test_atomic_temp_names_are_new_private_files_the_clean_up_recognises(tmp_path: Path) -> None:

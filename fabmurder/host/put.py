@@ -8,6 +8,10 @@ symlink planted at the name is replaced, never followed, and the content
 (a torrent holds the deploy token) is never on a command line. It prints
 ``{"file", "size"}``.
 
+With ``--bytes N`` it reads exactly ``N`` bytes and leaves the rest of
+stdin to the next command, so one stdin can carry two files (the torrent,
+then the agent's allow-list) to two ``put`` steps.
+
 ``python -m fabmurder put --dir PATH [--dir PATH ...]`` makes each ``PATH``
 a private directory (0700, refused when it is not this user's own), in
 order, for an SFTP upload, and prints ``{"dirs"}``.
@@ -38,9 +42,26 @@ def put_file(path: str, data: bytes) -> dict[str, object]:
     return {"file": final, "size": len(data)}
 
 
-def read_stdin(encoded: bool) -> bytes:
-    """Return stdin's bytes, decoded from base64 text when ``encoded``."""
-    data = sys.stdin.buffer.read(MAX_BYTES + 1)
+def read_exactly(count: int) -> bytes:
+    """Read ``count`` bytes from stdin's descriptor, never one more (the rest is the next's)."""
+    chunks, left = [], count
+    while left:
+        chunk = os.read(sys.stdin.fileno(), min(left, 1 << 16))
+        if not chunk:
+            raise MurderError(f"put: stdin ended {left} bytes short of {count}")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_stdin(encoded: bool, count: int | None = None) -> bytes:
+    """Return stdin's bytes (``count`` of them when given), decoded from base64 when ``encoded``."""
+    if count is not None:
+        if not 0 <= count <= MAX_BYTES:
+            raise MurderError(f"put: --bytes must be 0 to {MAX_BYTES}")
+        data = read_exactly(count)
+    else:
+        data = sys.stdin.buffer.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
         raise MurderError(f"put: more than {MAX_BYTES} bytes on stdin")
     if not encoded:
@@ -60,6 +81,7 @@ def parser() -> argparse.ArgumentParser:
         "--dir", action="append", help="make this directory private (0700); may be repeated"
     )
     p.add_argument("--base64", action="store_true", help="stdin is base64 text")
+    p.add_argument("--bytes", type=int, help="read exactly this many bytes of stdin")
     return p
 
 
@@ -70,7 +92,7 @@ def main(argv: list[str]) -> int:
         if args.dir is not None:
             emit({"dirs": [privatedir.ensure(path) for path in args.dir]})
         else:
-            emit(put_file(args.file, read_stdin(args.base64)))
+            emit(put_file(args.file, read_stdin(args.base64, args.bytes)))
         return EXIT_OK
 
     return run(parser(), argv, body)

@@ -294,6 +294,9 @@ def parser(role: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--allow", action="append", default=[], help="CIDR or address allowed to connect"
     )
+    p.add_argument(
+        "--allow-file", help="more --allow entries, one per line (a private file of ours)"
+    )
     p.add_argument("--upload-rate-limit", type=int, default=0)
     p.add_argument("--settings", default=None, help="libtorrent setting overrides as JSON")
     p.add_argument("--tag", required=role == "peer", default=None)
@@ -334,6 +337,10 @@ def main(argv: list[str]) -> int:
             0 < len(rid) <= 64 and rid.isascii() and rid.replace("-", "").isalnum()
         ):
             raise ConfigError("--report-id must be 1-64 letters, digits or '-'", key="report_id")
+        if args.allow_file:
+            # the swarm's list travels as a file: no command line grows with the fleet
+            listed = privatedir.read_private(args.allow_file, max_bytes=16 * 1024 * 1024)
+            args.allow = [*args.allow, *listed.split()]
         meta = metainfo.read(args.torrent, tag=args.tag)
         pack = profile.settings(args.bind, args.port, profile.parse_overrides(args.settings))
         # libtorrent keeps about 0.8 x (soft limit - 20) connections: let it reach its own cap.
