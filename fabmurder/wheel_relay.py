@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from fabric import Connection
 
+from fabmurder import contract
 from fabmurder.config import Settings
 from fabmurder.errors import HostError, MurderError
 from fabmurder.remote import (
@@ -34,6 +35,7 @@ from fabmurder.remote import (
     host_name,
     quote,
     run_agent,
+    shell,
 )
 from fabmurder.report import Event, EventCallback, ignore
 
@@ -102,13 +104,13 @@ def address_of(conn: Connection) -> str:
 
 
 def _pid_file(s: Settings) -> str:
-    return s.tmp("setup-relay.pid")
+    return s.tmp(contract.RELAY_PID)
 
 
 def start_relay(conn: Connection, s: Settings, address: str) -> str:
     """Start ``serve`` of the installed wheels on a relay host; return its base URL."""
     run_agent(
-        conn, s, "daemon", "start", "--pid-file", _pid_file(s), "--log", s.tmp("setup-relay.log"),
+        conn, s, "daemon", "start", "--pid-file", _pid_file(s), "--log", s.tmp(contract.RELAY_LOG),
         "--", "serve", "--dir", f"{s.remote_path}/wheels", "--bind", address,
         "--port", s.setup_port, "--for", SERVE_FOR, ok=(0, 3),
     )  # fmt: skip
@@ -117,8 +119,9 @@ def start_relay(conn: Connection, s: Settings, address: str) -> str:
 
 
 def stop_relay(conn: Connection, s: Settings) -> None:
-    """Stop a relay's ``serve`` (a relay already gone is fine)."""
+    """Stop a relay's ``serve`` and remove its log (a relay already gone is fine)."""
     run_agent(conn, s, "daemon", "stop", "--pid-file", _pid_file(s), ok=(0, 1, 3))
+    shell(conn, f"rm -f -- {quote(s.tmp(contract.RELAY_LOG))}", "removing the relay's log")
 
 
 def install_everywhere(
