@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from urllib.parse import quote_from_bytes
 
 import pytest
 
@@ -192,10 +193,13 @@ def test_metrics_count_announces_scrapes_failures_and_peers_under_the_token(
         proc.get(announce_target(HASH, pid(2), 7002, 9, path="/announce/d3ploy"), "127.0.14.2")
         proc.get("/announce/d3ploy?info_hash=short", "127.0.14.3")
         proc.get("/scrape/d3ploy", "127.0.14.3")
+        report = f"/report/d3ploy?info_hash={quote_from_bytes(HASH)}&id=a1&state=downloading"
+        assert proc.get(report, "127.0.14.1").status == 200
         proc.get("/nowhere", "127.0.14.3")
         after = metrics_of(proc.get("/metrics/t0ken"))
         assert after["fabmurder_tracker_announces_total"] == 2
         assert after["fabmurder_tracker_scrapes_total"] == 1
+        assert after["fabmurder_tracker_reports_total"] == 1
         assert after["fabmurder_tracker_failures_total"] == 1
         assert after["fabmurder_tracker_not_found_total"] >= 2  # /metrics and /nowhere
         assert after["fabmurder_tracker_swarms"] == 1

@@ -32,7 +32,9 @@ def _lines(name: str, kind: str, text: str, samples: list[tuple[str, int]]) -> l
     return out
 
 
-def render(swarms: Swarms, counters: Counters, open_connections: int, refused: int) -> bytes:
+def render(
+    swarms: Swarms, counters: Counters, open_connections: int, refused: int, reports: int = 0
+) -> bytes:
     """Return the ``/metrics`` body (text exposition format 0.0.4)."""
     seeders = leechers = peers = completed = 0
     for swarm in swarms:
@@ -45,6 +47,7 @@ def render(swarms: Swarms, counters: Counters, open_connections: int, refused: i
     for name, kind, text, value in (
         ("announces_total", "counter", "Announces received.", swarms.announces),
         ("scrapes_total", "counter", "Scrapes received.", counters.scrapes),
+        ("reports_total", "counter", "Progress reports received.", reports),
         ("failures_total", "counter", "Announces and scrapes refused.", counters.failures),
         ("not_found_total", "counter", "Requests for paths not served.", counters.not_found),
         ("connections_refused_total", "counter", "Connections refused at a cap.", refused),

@@ -261,7 +261,7 @@ class Tracker:
         """Handle ``/metrics``: counters and gauges in Prometheus' text format."""
         registry = self.registry
         connections = (len(registry), registry.refused) if registry is not None else (0, 0)
-        body = render(self.swarms, self.counters, *connections)
+        body = render(self.swarms, self.counters, *connections, self.progress.reports)
         return 200, b"text/plain; version=0.0.4", body
 
 
