@@ -164,9 +164,13 @@ def tree_link(tag: str) -> str:
     return f"{tag}.tree"
 
 
-def inline_temp(name: str) -> str:
-    """Return the temporary sibling a shell step writes before renaming it to ``name``."""
-    return f"{name}{TEMP_INFIX}inline"
+#: the longest id an agent reports progress under
+MAX_REPORT_ID = 64
+
+
+def valid_report_id(rid: str) -> bool:
+    """Tell whether ``rid`` may name a reporter: 1-64 ASCII letters, digits or ``-``."""
+    return 0 < len(rid) <= MAX_REPORT_ID and rid.isascii() and rid.replace("-", "").isalnum()
 
 
 def classify(name: str) -> tuple[str, str | None] | None:

@@ -332,10 +332,7 @@ def main(argv: list[str]) -> int:
     def body(args: argparse.Namespace) -> int:
         if args.tag is not None:
             validate_tag(args.tag)
-        rid = args.report_id
-        if rid is not None and not (
-            0 < len(rid) <= 64 and rid.isascii() and rid.replace("-", "").isalnum()
-        ):
+        if args.report_id is not None and not contract.valid_report_id(args.report_id):
             raise ConfigError("--report-id must be 1-64 letters, digits or '-'", key="report_id")
         if args.allow_file:
             # the swarm's list travels as a file: no command line grows with the fleet

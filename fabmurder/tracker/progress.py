@@ -32,7 +32,6 @@ from fabmurder.tracker.protocol import RequestError, parse_query
 
 #: states an agent may report (the status file's states, from the host contract)
 STATES = frozenset(contract.STATES)
-_MAX_ID = 64
 _MAX_ERROR = 300
 _MAX_DIGITS = 20
 
@@ -88,7 +87,7 @@ def parse_report(query: bytes) -> Report:
     if info_hash is None or len(info_hash) != 20:
         raise RequestError("missing or invalid info_hash")
     rid = params.get(b"id", b"")
-    if not rid or len(rid) > _MAX_ID or not rid.isascii() or not rid.replace(b"-", b"").isalnum():
+    if not contract.valid_report_id(rid.decode("ascii", "replace")):
         raise RequestError("missing or invalid id")
     state = params.get(b"state", b"").decode("ascii", "replace")
     if state not in STATES:
