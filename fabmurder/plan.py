@@ -156,11 +156,16 @@ class Plan:
         with the number of peers (at a few thousand scattered addresses one
         would pass Linux's 128 KiB limit for an argument).
         """
-        return "".join(f"{arg}\n" for arg in self.allow_args[1::2])
+        return "".join(f"{net}\n" for net in self.allow_networks)
 
     @cached_property
     def allow_args(self) -> tuple[str, ...]:
-        """Return ``--allow`` arguments naming the swarm's addresses: the seeder and the peers.
+        """Return ``--allow`` arguments of :attr:`allow_networks` (the seeder's command line)."""
+        return tuple(part for net in self.allow_networks for part in ("--allow", net))
+
+    @cached_property
+    def allow_networks(self) -> tuple[str, ...]:
+        """Return the networks the swarm's addresses collapse to: the seeder and the peers.
 
         The tracker host is on the list only where it is the seeder or a
         peer too: from any other host, even one that knows the info-hash
@@ -173,12 +178,12 @@ class Plan:
                 nets.append(ipaddress.ip_network(addr))
             except ValueError:
                 continue
-        args: list[str] = []
+        networks: list[str] = []
         for version in (4, 6):
             group = [n for n in nets if n.version == version]
             for net in ipaddress.collapse_addresses(group):  # type: ignore[type-var]
-                args += ["--allow", str(net)]
-        return tuple(args)
+                networks.append(str(net))
+        return tuple(networks)
 
 
 def make_plan(
