@@ -53,8 +53,7 @@ class Feed:
     report_ids: Mapping[str, str]
     #: the sequence number of the last change taken in
     seq: int = 0
-    #: the swarm's totals and the tracker's own numbers of it, as last read
-    totals: dict[str, int] = field(default_factory=dict)
+    #: the tracker's own numbers of the swarm, as last read
     swarm: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -99,7 +98,6 @@ class Feed:
             self.seq = 0
             return {}
         self.seq = seq
-        self.totals = {k: v for k, v in totals.items() if isinstance(v, int)}
         swarm = doc.get("swarm")
         self.swarm = dict(swarm) if isinstance(swarm, dict) else {}
         out: dict[str, PeerReport] = {}

@@ -168,7 +168,7 @@ def apply_status(w: Watch, reply: PollReply, now: float) -> bool:
 def watch(
     pool: ConnectionPool, plan: Plan, watches: Mapping[str, Watch], size: int, report: DeployReport
 ) -> None:
-    """Poll the peers (and the tracker's stats) until each is installed or failed."""
+    """Poll the peers (``watches``: host -> its Watch) until each is installed or failed."""
     s = plan.s
     deadline = time.monotonic() + s.timeout + GRACE
     swarm: dict[str, object] = {}
@@ -181,7 +181,6 @@ def watch(
         begun = time.monotonic()
         for w in watches.values():
             w.polled = max(w.polled, begun)
-    by_host = {w.report.host: w for w in watches.values()}
     workers = min(s.parallel, len(watches) + 2)
     threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="murder-watch")
     try:
@@ -191,7 +190,7 @@ def watch(
                 if not w.report.finished:
                     _collect(pool, s, w, now, report)
             if feed is not None and following is not None and following.done():
-                feed = _follow(feed, following, by_host, now, report)
+                feed = _follow(feed, following, watches, now, report)
                 following = None
             if stats is not None and stats.done():
                 swarm = swarm_stats(stats, report.info_hash) or swarm
