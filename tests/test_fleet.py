@@ -24,6 +24,10 @@ from fabmurder.testing.fleet import Host, load, sibling_name
 from fabmurder.testing.net import RUN_DIR, choose_subnet, leftovers, netns_pids
 from fabmurder.testing.proc import is_alive, wait_until
 
+# benchmarks/ is a top-level package of the repository, not of the installed project.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.mesh import MESH  # noqa: E402
+
 RATE_MBIT = 100
 #: this session's fleet name: the extra fleets here are named after it, so that
 #: sessions with other names (other checkouts, other users) never touch them
@@ -241,20 +245,6 @@ def test_a_fleet_can_span_racks_and_every_host_reaches_every_other(require_root:
         assert fleet.connection(last).run("hostname", hide=True).stdout.strip() == last.name
     finally:
         down(own("rk"))
-
-
-MESH = r"""
-import socket, sys
-from concurrent.futures import ThreadPoolExecutor
-def connect(addr):
-    try:
-        socket.create_connection((addr, 22), timeout=5).close()
-    except OSError as exc:
-        return f"{addr}: {exc}"
-with ThreadPoolExecutor(16) as threads:
-    failed = [f for f in threads.map(connect, sys.argv[1:]) if f]
-print(len(failed), "; ".join(failed[:3]))
-"""
 
 
 def test_every_host_of_an_80_host_fleet_reaches_every_other_one(require_root: None) -> None:
