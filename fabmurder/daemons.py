@@ -105,7 +105,8 @@ def start_peer(
         "--bind", plan.address(host), "--port", s.peer_port,
         "--status-file", s.tmp(contract.status_file("peer", s.tag)),
         "--sha256", sha256, "--dest", s.destination_path, "--tag", s.tag,
-        "--timeout", s.timeout, "--seed-after", s.seed_after,
+        "--timeout", s.timeout, "--first-byte-wait", plan.first_byte_wait,
+        "--seed-after", s.seed_after,
         "--seeder", plan.address(s.seeder),
         "--allow-file", s.tmp(contract.allow_file("peer", s.tag)), *rate_args(s, download=True),
     ]  # fmt: skip

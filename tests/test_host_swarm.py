@@ -264,6 +264,34 @@ def test_a_peer_times_out_on_a_dead_seeder_and_says_how_far_it_got(
     assert not peer.dest.exists() or os.listdir(peer.dest) == []
 
 
+def test_a_peer_started_long_before_the_seeder_counts_its_timeout_from_its_first_byte(
+    tmp_path: Path, tracker: Tracker, nodes: list[Node]
+) -> None:
+    # The control side starts every peer before the seeder: in a large fleet the
+    # first peers wait out the whole start phase, which must not use up their timeout.
+    release = create_release(tmp_path, tracker)
+    early = start_peer(
+        nodes, tmp_path, release, None, timeout="4", first_byte_wait="90", seed_after="0"
+    )
+    wait_for(lambda: state_of(early.status_file) == "downloading", 30, "the peer to start")
+    with pytest.raises(subprocess.TimeoutExpired):
+        early.proc.wait(7)  # still waiting, well past its 4 s timeout
+    seed = start_seed(nodes, tmp_path, release)
+    assert early.wait(60) == 0, early.output()
+    assert tree_signature(early.dest / release.tag) == tree_signature(release.src)
+    seed.proc.send_signal(signal.SIGTERM)
+    assert seed.wait(15) == 0
+
+
+def test_a_peer_that_never_gets_a_byte_fails_when_its_first_byte_wait_runs_out(
+    tmp_path: Path, tracker: Tracker, nodes: list[Node]
+) -> None:
+    release = create_release(tmp_path, tracker)
+    peer = start_peer(nodes, tmp_path, release, None, timeout="600", first_byte_wait="3")
+    assert peer.wait(30) == 1
+    assert peer.status()["error"] == "timed out after 3s at 0.0%"
+
+
 def test_a_corrupt_seeder_copy_is_caught_before_the_seeder_reports_ready(
     tmp_path: Path, tracker: Tracker
 ) -> None:

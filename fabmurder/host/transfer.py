@@ -94,8 +94,7 @@ def peer(agent: Agent) -> int:
         raise ArtifactError(
             f"destination {final} already exists; use --force to replace it ({what})"
         )
-    started = time.monotonic()
-    deadline = started + args.timeout
+    deadline = Deadline(args.timeout, args.first_byte_wait)
     privatedir.ensure(args.save_path)
     stage = _stage(agent) if agent.meta.manifest is not None else None
     try:
@@ -126,7 +125,7 @@ def _stage(agent: Agent) -> staging.Stage:
     return stage
 
 
-def _fetch(agent: Agent, stage: staging.Stage | None, deadline: float) -> int:
+def _fetch(agent: Agent, stage: staging.Stage | None, deadline: Deadline) -> int:
     """Download the release (into the stage, or the tarball), install it, then seed."""
     args = agent.args
     if stage is None:
@@ -136,7 +135,7 @@ def _fetch(agent: Agent, stage: staging.Stage | None, deadline: float) -> int:
     notify_ready()
     while agent.checking() and not StopFlag.requested:
         agent.pump()
-        _check_deadline(agent, deadline)
+        deadline.check(agent)
     if args.stripe:
         missing = None
         if stage is not None:
@@ -152,7 +151,7 @@ def _fetch(agent: Agent, stage: staging.Stage | None, deadline: float) -> int:
     # the network thread, so it is asked only once the download says it is done.
     while not (agent.finished and agent.complete()) and not StopFlag.requested:
         agent.pump()
-        _check_deadline(agent, deadline)
+        deadline.check(agent)
     if StopFlag.requested:
         agent.set_state("stopped", error="stopped before the release was installed")
         return EXIT_FAILED
@@ -213,13 +212,36 @@ def parse_stripe(text: str) -> tuple[int, int]:
     return index, count
 
 
-def _check_deadline(agent: Agent, deadline: float) -> None:
-    if time.monotonic() < deadline:
-        return
-    agent.refresh_now()
-    total = agent.status["total"] or 1
-    percent = 100.0 * agent.status["done"] / total
-    raise MurderError(f"timed out after {agent.args.timeout:g}s at {percent:.1f}%")
+class Deadline:
+    """The agent's ``--timeout``, counted from the first byte it receives.
+
+    The control side starts every peer before the seeder, so in a fleet of
+    thousands the first peers wait minutes for the start phase to end. The
+    wait for the first byte (from the seeder or a peer) has its own bound,
+    ``--first-byte-wait`` (which the control side scales with the number of
+    peers; ``--timeout`` when not given), and the timeout proper starts
+    when that byte arrives: a large fleet fails no healthy peer, and a dead
+    seeder still fails every peer within a bound.
+    """
+
+    def __init__(self, timeout: float, first_byte_wait: float | None = None) -> None:
+        self.timeout = timeout
+        self.waited = timeout if first_byte_wait is None else first_byte_wait
+        self.at = time.monotonic() + self.waited
+        self.restarted = False
+
+    def check(self, agent: Agent) -> None:
+        """Raise MurderError once the deadline has passed (restarted at the first byte)."""
+        if not self.restarted and sum(agent.transfer.totals()) > 0:
+            self.restarted = True
+            self.at = time.monotonic() + self.timeout
+        if time.monotonic() < self.at:
+            return
+        agent.refresh_now()
+        total = agent.status["total"] or 1
+        percent = 100.0 * agent.status["done"] / total
+        took = self.timeout if self.restarted else self.waited
+        raise MurderError(f"timed out after {took:g}s at {percent:.1f}%")
 
 
 def _flush(agent: Agent) -> None:
@@ -309,6 +331,12 @@ def parser(role: str) -> argparse.ArgumentParser:
         p.add_argument("--sha256", required=True)
         p.add_argument("--dest", required=True)
         p.add_argument("--timeout", required=True, type=float)
+        p.add_argument(
+            "--first-byte-wait",
+            type=float,
+            default=None,
+            help="seconds to wait for the first byte, before --timeout starts (default: it)",
+        )
         p.add_argument("--seed-after", required=True, type=float)
         p.add_argument("--seeder", default=None, help="the seeder's address, to split byte counts")
         p.add_argument("--download-rate-limit", type=int, default=0)
