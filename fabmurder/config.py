@@ -61,6 +61,11 @@ Keys (all under ``murder``):
     ``known_hosts`` (a path or list; default the SSH config's
     ``UserKnownHostsFile`` or ``~/.ssh/known_hosts``, plus
     ``/etc/ssh/ssh_known_hosts``). False accepts any key, as Fabric does.
+``ssh_backend`` (``fabric``)
+    how the control host speaks SSH: ``fabric`` (Fabric's Paramiko
+    connections, a thread each) or ``asyncssh`` (:mod:`fabmurder.async_ssh`:
+    one event loop thread for every connection; needs ``fabmurder[asyncssh]``
+    and refuses gateways, agent forwarding and sudo).
 ``keep_releases`` (5)
     how many releases ``murder.cleanup`` (and ``murder.deploy``) keeps under
     ``destination_path/releases``, besides the current one (read and checked
@@ -72,6 +77,7 @@ Keys (all under ``murder``):
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -121,6 +127,7 @@ DEFAULTS: dict[str, Any] = {
     "poll_interval": 1.0,
     "strict_host_keys": True,
     "known_hosts": None,
+    "ssh_backend": "fabric",
     "keep_releases": 5,
     # the deploy flow (fabmurder.flow): read by its own modules, not by Settings
     "report": None,
@@ -143,6 +150,8 @@ _INT_KEYS = (
 _FLOAT_KEYS = ("timeout", "seed_after", "poll_interval")
 #: the values of ``murder.layout``: one tarball, or the tree file by file (docs/delta.md)
 LAYOUTS = ("tarball", "tree")
+#: the values of ``murder.ssh_backend``: Fabric's connections, or fabmurder.async_ssh's
+SSH_BACKENDS = ("fabric", "asyncssh")
 _PATH_KEYS = ("remote_path", "temp_path", "files_path", "destination_path")
 
 
@@ -185,6 +194,7 @@ class Settings:
     known_hosts: tuple[str, ...] = ()
     keep_releases: int = 5
     layout: str = "tarball"
+    ssh_backend: str = "fabric"
 
     @property
     def agent_python(self) -> str:
@@ -281,6 +291,7 @@ def settings(c: Any, **overrides: Unpack[Options]) -> Settings:
     piece = merged["piece_size"]
     values["piece_size"] = None if piece in (None, "", 0) else number(piece, "piece_size", int)
     values["layout"] = _layout(merged["layout"])
+    values["ssh_backend"] = _ssh_backend(merged["ssh_backend"])
     values["force"] = boolean(merged["force"], "force")
     values["strict_host_keys"] = boolean(merged["strict_host_keys"], "strict_host_keys")
     known = merged["known_hosts"]
@@ -342,6 +353,22 @@ def _layout(value: Any) -> str:
             f"murder.layout must be one of {', '.join(LAYOUTS)}, not {value!r}", key="layout"
         )
     return str(layout)
+
+
+def _ssh_backend(value: Any) -> str:
+    backend = DEFAULTS["ssh_backend"] if value in (None, "") else value
+    if backend not in SSH_BACKENDS:
+        raise ConfigError(
+            f"murder.ssh_backend must be one of {', '.join(SSH_BACKENDS)}, not {value!r}",
+            key="ssh_backend",
+        )
+    if backend == "asyncssh" and importlib.util.find_spec("asyncssh") is None:
+        raise ConfigError(
+            "murder.ssh_backend asyncssh needs the asyncssh package: "
+            "pip install 'fabmurder[asyncssh]'",
+            key="ssh_backend",
+        )
+    return str(backend)
 
 
 def _keep(value: Any) -> int:

@@ -75,7 +75,9 @@ def dry_run(c: Any, *, hosts: Iterable[str] | None = None, **options: Unpack[Opt
     chosen = targets.subset(s, hosts)
     s = dataclasses.replace(s, peers=tuple(chosen))
     lay = Layout.of(s)
-    with ConnectionPool(dry_config(c), s.parallel, s.strict_host_keys, s.known_hosts) as pool:
+    with ConnectionPool(
+        dry_config(c), s.parallel, s.strict_host_keys, s.known_hosts, s.ssh_backend
+    ) as pool:
         found = probe(pool, s, s.role_hosts)
         reachable = [h for h in s.peers if h not in found.failures]
         states = inspect_hosts(pool, lay, reachable)

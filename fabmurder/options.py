@@ -48,6 +48,7 @@ class UntaggedOptions(TypedDict, total=False):
     poll_interval: Number | None
     strict_host_keys: bool | str | None
     known_hosts: str | Sequence[str] | None
+    ssh_backend: str | None
     keep_releases: int | str | None
     report: str | None
     hooks: Mapping[str, object] | None

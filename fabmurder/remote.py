@@ -4,7 +4,10 @@ One :class:`ConnectionPool` lives for one run: each host is connected once and t
 connection is reused by every step. :meth:`ConnectionPool.fan_out` runs a function
 per host on at most ``parallel`` threads and returns a :class:`HostResults`
 keyed by host string, with the successes and the failures (host -> reason)
-ready to use.
+ready to use. Its connections are Fabric's (:class:`FastConnection`, one
+Paramiko thread each), or with ``murder.ssh_backend: asyncssh`` those of
+:mod:`fabmurder.async_ssh`, which share one event loop thread; both offer
+the same ``run`` / ``put`` / ``get``.
 
 Host-side programs are started with :func:`agent_command`, which quotes
 every argument; every remote action goes through ``Connection.run`` or
@@ -21,7 +24,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import paramiko
 from fabric import Connection
@@ -209,13 +212,14 @@ def open_pool(c: Any, s: Settings) -> ConnectionPool:
     unless raised) is raised first to what the run's hosts need.
     """
     raise_fd_limit(2 * len(s.role_hosts) + FD_SPARE)
-    return ConnectionPool(c.config, s.parallel, s.strict_host_keys, s.known_hosts)
+    return ConnectionPool(c.config, s.parallel, s.strict_host_keys, s.known_hosts, s.ssh_backend)
 
 
 class ConnectionPool:
     """Connections to the hosts of one run, made once and reused.
 
-    ``strict_host_keys`` defaults to True, as ``murder.strict_host_keys`` does.
+    ``strict_host_keys`` defaults to True, as ``murder.strict_host_keys`` does;
+    ``backend`` is ``murder.ssh_backend`` (:data:`fabmurder.config.SSH_BACKENDS`).
     """
 
     def __init__(
@@ -224,15 +228,18 @@ class ConnectionPool:
         parallel: int = 32,
         strict_host_keys: bool = True,
         known_hosts: tuple[str, ...] = (),
+        backend: str = "fabric",
     ) -> None:
         self.config = config
         self.parallel = max(1, int(parallel))
         self.strict_host_keys = strict_host_keys
         self.known_hosts = known_hosts
+        self.backend = backend
         self._connections: dict[str, Connection] = {}
         self._names: dict[int, str] = {}
         self._known: dict[tuple[str, ...], KnownHosts] = {}
         self._lock = threading.Lock()
+        self._loop: Any = None  # the asyncssh backend's event loop, made with its first connection
 
     def __enter__(self) -> ConnectionPool:
         return self
@@ -250,18 +257,27 @@ class ConnectionPool:
                 timeouts = self.config.get("timeouts") or {}
                 timeout = timeouts.get("connect") or CONNECT_TIMEOUT
                 conn = FastConnection(host, config=self.config, connect_timeout=timeout)
-                if self.strict_host_keys:
+                if self.backend == "asyncssh":
+                    conn = self._async(conn)
+                elif self.strict_host_keys:
                     self._check_host_keys(conn)
                 self._connections[host] = conn
                 self._names[id(conn)] = host
             return conn
 
-    def _check_host_keys(self, conn: Connection) -> None:
-        """Make ``conn`` refuse a host whose key is unknown or has changed.
+    def _async(self, resolved: Connection) -> Connection:
+        """Return the asyncssh backend's connection to the host Fabric resolved (never opened)."""
+        from fabmurder import async_ssh  # asyncssh is an optional dependency: fabmurder[asyncssh]
 
-        Fabric accepts any key by default (auto-add); here the known hosts
-        are loaded and unknown keys rejected before the first command runs.
-        """
+        if self._loop is None:
+            self._loop = async_ssh.EventLoop()
+        known = self._known_for(resolved) if self.strict_host_keys else None
+        conn = async_ssh.AsyncConnection(resolved, self._loop, known)
+        # it offers the part of Connection that fabmurder uses (run, put, get, host ...)
+        return cast(Connection, conn)
+
+    def _known_for(self, conn: Connection) -> KnownHosts:
+        """Return the known hosts ``conn``'s host is checked against, read once per pool."""
         paths = list(self.known_hosts)
         if not paths:
             configured = str(conn.ssh_config.get("userknownhostsfile") or "")
@@ -271,6 +287,15 @@ class ConnectionPool:
         known = self._known.get(tuple(paths))
         if known is None:
             known = self._known[tuple(paths)] = KnownHosts.load(paths)
+        return known
+
+    def _check_host_keys(self, conn: Connection) -> None:
+        """Make ``conn`` refuse a host whose key is unknown or has changed.
+
+        Fabric accepts any key by default (auto-add); here the known hosts
+        are loaded and unknown keys rejected before the first command runs.
+        """
+        known = self._known_for(conn)
         name = key_name(conn.host, conn.port)
         host_keys = conn.client.get_host_keys()
         for keytype, key in known.find(name).items():
@@ -314,3 +339,6 @@ class ConnectionPool:
             # closing a dead transport may fail; there is nothing to save then
             with contextlib.suppress(Exception):
                 conn.close()
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.close()
