@@ -30,7 +30,8 @@ from invoke import Context
 
 from benchmarks import scalepage
 from fabmurder import install, pipeline, releases
-from fabmurder.config import settings
+from fabmurder.async_ssh import AsyncConnection
+from fabmurder.config import SSH_BACKENDS, settings
 from fabmurder.remote import FastConnection
 from fabmurder.report import Event
 from fabmurder.testing import fleet as real_fleet
@@ -160,15 +161,22 @@ def deploy(c: Context, n: int, meter: Meter) -> dict[str, Any]:
     """Run ``murder.deploy`` under ``meter``; return the run's record."""
     failures: dict[str, str] = {}
     counted: dict[str, int] = {}
-    real_run = FastConnection.run
+    classes: tuple[Any, ...] = (FastConnection, AsyncConnection)  # whichever backend runs
+    real_runs = [cls.run for cls in classes]
 
-    def spy(self: FastConnection, command: str, **kwargs: Any) -> Any:
-        # the kind of each SSH command (a counter: the command still runs as it was)
-        kind = "poll" if " poll " in command else "feed" if "--while-seq" in command else "other"
-        counted[kind] = counted.get(kind, 0) + 1
-        return real_run(self, command, **kwargs)
+    def spying(real_run: Callable[..., Any]) -> Callable[..., Any]:
+        def spy(self: Any, command: str, **kwargs: Any) -> Any:
+            # the kind of each SSH command (a counter: the command still runs as it was)
+            kind = (
+                "poll" if " poll " in command else "feed" if "--while-seq" in command else "other"
+            )
+            counted[kind] = counted.get(kind, 0) + 1
+            return real_run(self, command, **kwargs)
 
-    FastConnection.run = spy  # type: ignore[method-assign]
+        return spy
+
+    for cls, real_run in zip(classes, real_runs, strict=True):
+        cls.run = spying(real_run)
     with meter:
         try:
             deployed = releases.deploy(c, on_event=meter.event)
@@ -179,12 +187,14 @@ def deploy(c: Context, n: int, meter: Meter) -> dict[str, Any]:
             failures = {h: r.reason or "?" for h, r in (report.hosts.items() if report else [])}
             failures = {h: why for h, why in failures.items() if why != "?"} or {"run": str(exc)}
         finally:
-            FastConnection.run = real_run  # type: ignore[method-assign]
+            for cls, real_run in zip(classes, real_runs, strict=True):
+                cls.run = real_run
     phases = meter.phases()
     cpu = sum(p["cpu_s"] for p in phases.values())
     watch = phases.get("watch", {})
     return {
         "n": n,
+        "ssh_backend": c.config.murder.get("ssh_backend") or "fabric",
         "ok": ok,
         "failed": dict(list(failures.items())[:10]),
         "failed_count": n - ok,
@@ -205,7 +215,7 @@ def deploy(c: Context, n: int, meter: Meter) -> dict[str, Any]:
     }
 
 
-def run_simulated(n: int, name: str, workers: int) -> dict[str, Any]:
+def run_simulated(n: int, name: str, workers: int, backend: str = "fabric") -> dict[str, Any]:
     """Deploy to ``n`` simulated peers (plus the real seeder and tracker, host 1)."""
     began = time.monotonic()
     sim = simfleet.up(n + 1, name=name, workers=workers, release_size=SIZE)
@@ -225,19 +235,23 @@ def run_simulated(n: int, name: str, workers: int) -> dict[str, Any]:
             return sum(proc_cpu(p.pid) for p in sim.procs)
 
         config = sim.fabric_config()
-        config["murder"] = sim.murder(n, tag=f"sim{n}", timeout=600, poll_interval=1.0)
+        config["murder"] = sim.murder(
+            n, tag=f"sim{n}", timeout=600, poll_interval=1.0, ssh_backend=backend
+        )
         record = deploy(Context(config=config), n, Meter(tracker, hosts))
         record["simulated_agent_requests"] = sum(
             int(_read(p) or 0) for p in sim.state_dir.glob("requests-*")
         )
         peers = [sim.host_string(i) for i in range(2, n + 2)]
-        record["connection_costs"] = connection_costs(config, peers)
+        record["connection_costs"] = connection_costs(config, peers, backend=backend)
     finally:
         sim.down()
     return {"kind": "simulated", "fleet_up_s": round(up_s, 1), "workers": workers, **record}
 
 
-def connection_costs(config: Any, hosts: list[str], idle: float = 5.0) -> dict[str, float]:
+def connection_costs(
+    config: Any, hosts: list[str], idle: float = 5.0, backend: str = "fabric"
+) -> dict[str, float]:
     """Measure what the pool's connections cost the control process, apart from any deploy.
 
     Per host: the CPU of opening its connection, of one trivial command over
@@ -245,9 +259,8 @@ def connection_costs(config: Any, hosts: list[str], idle: float = 5.0) -> dict[s
     """
     from fabmurder.remote import QUIET, ConnectionPool
 
-    with ConnectionPool(
-        config, parallel=32, known_hosts=(str(config["murder"]["known_hosts"][0]),)
-    ) as pool:
+    known = (str(config["murder"]["known_hosts"][0]),)
+    with ConnectionPool(config, parallel=32, known_hosts=known, backend=backend) as pool:
         began = time.process_time()
         pool.fan_out(hosts, lambda conn: conn.open())
         opened = time.process_time() - began
@@ -270,16 +283,23 @@ def connection_costs(config: Any, hosts: list[str], idle: float = 5.0) -> dict[s
     }
 
 
-def run_connections(n: int, name: str, workers: int) -> dict[str, Any]:
+def run_connections(n: int, name: str, workers: int, backend: str = "fabric") -> dict[str, Any]:
     """Only open, use once and hold connections to ``n`` simulated hosts (no deploy)."""
     sim = simfleet.up(n + 1, name=name, workers=workers, release_size=SIZE)
     try:
         config = sim.fabric_config()
         config["murder"] = sim.murder(n)
-        costs = connection_costs(config, [sim.host_string(i) for i in range(2, n + 2)])
+        hosts = [sim.host_string(i) for i in range(2, n + 2)]
+        costs = connection_costs(config, hosts, backend=backend)
     finally:
         sim.down()
-    return {"kind": "simulated", "n": n, "connections_only": True, "connection_costs": costs}
+    return {
+        "kind": "simulated",
+        "n": n,
+        "ssh_backend": backend,
+        "connections_only": True,
+        "connection_costs": costs,
+    }
 
 
 def _read(path: Path) -> str:
@@ -304,7 +324,9 @@ def shared_agent(name: str, wheel_dir: str) -> Path:
         real_fleet.down(base.name)
 
 
-def run_real(n: int, name: str, wheel_dir: str, agent: Path) -> dict[str, Any]:
+def run_real(
+    n: int, name: str, wheel_dir: str, agent: Path, backend: str = "fabric"
+) -> dict[str, Any]:
     """Deploy to ``n`` real peers (hosts over n // 32 racks, up to 8)."""
     began = time.monotonic()
     racks = min(8, max(1, n // 32))
@@ -330,7 +352,10 @@ def run_real(n: int, name: str, wheel_dir: str, agent: Path) -> dict[str, Any]:
         def hosts() -> float:
             return tree_cpu(roots) - proc_cpu(known.get("pid", 0), children=False)
 
-        murder = kit.murder(peers=range(2, n + 2), tag=f"real{n}", timeout=300, poll_interval=1.0)
+        murder = kit.murder(
+            peers=range(2, n + 2), tag=f"real{n}", timeout=300, poll_interval=1.0,
+            ssh_backend=backend,
+        )  # fmt: skip
         record = deploy(kit.context(murder), n, Meter(tracker, hosts))
     finally:
         real_fleet.down(name)
@@ -383,6 +408,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--note", action="append", default=[], help="a line for the page's notes (repeatable)"
     )
     p.add_argument("--workers", type=int, default=1, help="simulated fleet server processes")
+    p.add_argument(
+        "--backend",
+        choices=SSH_BACKENDS,
+        default="fabric",
+        help="the control host's SSH backend (murder.ssh_backend)",
+    )
     p.add_argument("--name", default=os.environ.get("FABMURDER_FLEET_NAME", "sm")[:3])
     p.add_argument("--out", default=str(ROOT / "docs" / "scale-results.json"))
     p.add_argument("--plot", default=str(ROOT / "docs" / "scale.png"))
@@ -408,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         "simulation": simfleet.LABEL,
         "release_bytes": SIZE,
         "parallel": settings(Context()).parallel,
+        "ssh_backend": args.backend,
         "load_before": [round(x, 2) for x in os.getloadavg()],
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": " ".join(["python -m benchmarks.scale", *(argv or sys.argv[1:])]),
@@ -427,7 +459,9 @@ def main(argv: list[str] | None = None) -> int:
             for n in real:
                 print(f"real fleet: {n} peers ...", flush=True)
                 results["runs"].append(
-                    run_real(n, real_fleet.sibling_name(args.name, "rl"), built, agent)
+                    run_real(
+                        n, real_fleet.sibling_name(args.name, "rl"), built, agent, args.backend
+                    )
                 )
                 print(scalepage.line(results["runs"][-1]), flush=True)
                 save()
@@ -435,12 +469,14 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(agent, ignore_errors=True)
     for n in counts(args.sim):
         print(f"SIMULATED fleet: {n} peers ...", flush=True)
-        results["runs"].append(run_simulated(n, f"{args.name}s", args.workers))
+        results["runs"].append(run_simulated(n, f"{args.name}s", args.workers, args.backend))
         print(scalepage.line(results["runs"][-1]), flush=True)
         save()
     for n in counts(args.sim_connections):
         print(f"SIMULATED fleet: connections to {n} hosts only ...", flush=True)
-        results["connections"].append(run_connections(n, f"{args.name}s", args.workers))
+        results["connections"].append(
+            run_connections(n, f"{args.name}s", args.workers, args.backend)
+        )
         print(results["connections"][-1]["connection_costs"], flush=True)
         save()
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -28,6 +28,7 @@ text, then end of file (none at all without one).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import posixpath
 import sys
@@ -201,7 +202,7 @@ class AsyncConnection:
                 key="ssh_backend",
             )
         run = self.config.run
-        hide = _streams(kwargs.get("hide", run.hide))
+        hide = HIDDEN.get(kwargs.get("hide", run.hide), ())
         warn = kwargs.get("warn", run.warn)
         timeout = kwargs.get("timeout", self.config.timeouts.command)
         if kwargs.get("echo", run.echo) or run.dry:
@@ -289,9 +290,11 @@ class AsyncConnection:
     ) -> tuple[str, str, int, bool]:
         ssh = await self._connected()
         proc = await ssh.create_process(command, encoding=None)
-        if data:
-            proc.stdin.write(data)
-        proc.stdin.write_eof()
+        # a command may end before it reads its stdin: its exit says what happened
+        with contextlib.suppress(asyncssh.Error, OSError):
+            if data:
+                proc.stdin.write(data)
+            proc.stdin.write_eof()
         timed_out = False
         try:
             done = await proc.wait(timeout=timeout)
@@ -332,15 +335,11 @@ class AsyncConnection:
             await ssh.wait_closed()
 
 
-def _streams(hide: Any) -> tuple[str, ...]:
-    """Return the streams Invoke's ``hide`` value hides."""
-    if hide in (True, "both"):
-        return ("stdout", "stderr")
-    if hide in ("out", "stdout"):
-        return ("stdout",)
-    if hide in ("err", "stderr"):
-        return ("stderr",)
-    return ()
+#: the streams each of Invoke's ``hide`` values hides
+HIDDEN: dict[Any, tuple[str, ...]] = {
+    True: ("stdout", "stderr"), "both": ("stdout", "stderr"),
+    "out": ("stdout",), "stdout": ("stdout",), "err": ("stderr",), "stderr": ("stderr",),
+}  # fmt: skip
 
 
 def _text(data: Any) -> str:
