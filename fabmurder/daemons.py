@@ -72,24 +72,25 @@ def start_seed(pool: ConnectionPool, plan: Plan, emit: EventCallback) -> int | N
     return pid if isinstance(pid, int) else None
 
 
-def place_files(s: Settings, torrent: Path, allow: str) -> tuple[str, str]:
-    """Return the shell step that puts ``torrent`` in place on a peer, and its stdin.
+def place_files(s: Settings, torrent: Path, allow: str) -> tuple[str, list[str], str]:
+    """Return how a peer's start lands ``torrent`` and the allow-list: a step, options, stdin.
 
     The torrent (it holds the deploy token) travels as base64 on the
-    command's stdin, never on a command line, whatever its size; the host's
-    ``put`` writes it into the private ``temp_path`` (made 0700 when
+    command's stdin, never on a command line, whatever its size, and the
+    allow-list after it. The ``--stdin-file`` options (for ``daemon start``,
+    or ``put``) write each into the private ``temp_path`` (made 0700 when
     missing) by a new 0600 temp file renamed over the name, so a symlink
-    planted there is never followed. The step also makes
+    planted there is never followed; the agent's own start lands them, so
+    no other Python process starts for it. The shell step makes
     ``destination_path`` (the release area keeps the modes it is given).
     """
     assert s.destination_path
-    final = s.tmp(contract.torrent(s.tag))
     encoded = base64.b64encode(torrent.read_bytes()).decode("ascii")
-    # one stdin, two files: the first put takes exactly the torrent's bytes
-    put = agent_command(s, "put", "--file", final, "--base64", "--bytes", len(encoded))
-    listed = agent_command(s, "put", "--file", s.tmp(contract.allow_file("peer", s.tag)))
-    step = f"{put} >/dev/null && {listed} >/dev/null && mkdir -p -- {quote(s.destination_path)}"
-    return step, encoded + allow
+    files = [
+        "--stdin-file", f"base64:{len(encoded)}:{s.tmp(contract.torrent(s.tag))}",
+        "--stdin-file", f"text:{len(allow.encode())}:{s.tmp(contract.allow_file('peer', s.tag))}",
+    ]  # fmt: skip
+    return f"mkdir -p -- {quote(s.destination_path)}", files, encoded + allow
 
 
 def start_peer(
@@ -99,7 +100,7 @@ def start_peer(
     s = plan.s
     assert s.destination_path and s.seeder
     host = pool.host_of(conn)
-    before, stdin = place_files(s, torrent, plan.allow_text)
+    before, files, stdin = place_files(s, torrent, plan.allow_text)
     args: list[object] = [
         "--torrent", s.tmp(contract.torrent(s.tag)), "--save-path", s.temp_path,
         "--bind", plan.address(host), "--port", s.peer_port,
@@ -121,7 +122,7 @@ def start_peer(
     data = run_agent(
         conn, s, "daemon", "start",
         "--pid-file", s.tmp(contract.pid_file("peer", s.tag)),
-        "--log", s.tmp(contract.log_file("peer", s.tag)),
+        "--log", s.tmp(contract.log_file("peer", s.tag)), *files,
         "--", "peer", *args, ok=(0, 3), before=before, stdin=stdin,
     )  # fmt: skip
     pid = data.get("pid")

@@ -315,9 +315,9 @@ def test_a_torrent_of_any_size_travels_on_stdin_and_lands_0600(kit: DeployKit) -
     with kit.fleet.connection(2) as conn:
         local = Path(kit.fleet.state_dir) / "big.torrent"
         local.write_bytes(big)
-        step, text = daemons.place_files(s, local, "10.0.0.1/32\n")
-        assert text not in step
-        result = conn.run(step, **feeding(text))
+        step, files, text = daemons.place_files(s, local, "10.0.0.1/32\n")
+        assert text not in " ".join([step, *files])
+        result = conn.run(f"{step} && {agent_command(s, 'put', *files)}", **feeding(text))
         assert result.exited == 0, result.stderr
     path = f"{kit.temp_path}/big1.torrent"
     assert kit.read_bytes(2, path) == big

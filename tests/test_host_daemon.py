@@ -219,3 +219,63 @@ def test_notify_ready_is_a_no_op_outside_a_daemon(
     record = json.loads(pid_file.read_text())
     assert record["pid"] == os.getpid() and record["role"] == "tracker"
     assert record["starttime"] == daemon.proc_starttime(os.getpid())
+
+
+def start_with_files(tmp_path: Path, stdin: bytes, *files: str) -> subprocess.CompletedProcess[str]:
+    """``daemon start --stdin-file ...`` of a tracker, with ``stdin`` on its stdin."""
+    args = [part for spec in files for part in ("--stdin-file", spec)]
+    return subprocess.run(
+        [
+            sys.executable, "-m", "fabmurder", "daemon", "start",
+            "--pid-file", str(tmp_path / "t.pid"), "--log", str(tmp_path / "t.log"), *args,
+            "--", "tracker", "--bind", "127.0.0.1", "--port", str(free_port()),
+        ],
+        input=stdin.decode(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_start_lands_the_files_its_command_reads_from_one_stdin_privately(tmp_path: Path) -> None:
+    import base64
+
+    torrent, allow = bytes(range(256)) * 3, b"10.0.0.0/24\n10.0.1.7/32\n"
+    encoded = base64.b64encode(torrent)
+    private = tmp_path / "private"
+    result = start_with_files(
+        tmp_path,
+        encoded + allow,
+        f"base64:{len(encoded)}:{private}/v1.torrent",
+        f"text:{len(allow)}:{private}/peer-v1.allow",
+    )
+    assert result.returncode == 0, result.stderr
+    pid = int(json.loads(result.stdout)["pid"])
+    try:
+        assert (private / "v1.torrent").read_bytes() == torrent
+        assert (private / "peer-v1.allow").read_bytes() == allow
+        assert {p.stat().st_mode & 0o777 for p in private.iterdir()} == {0o600}
+        assert private.stat().st_mode & 0o777 == 0o700
+    finally:
+        fab("daemon", "stop", "--pid-file", str(tmp_path / "t.pid"))
+    assert wait_until(lambda: not alive(pid))
+
+
+def test_start_with_a_short_stdin_or_a_bad_spec_starts_nothing(tmp_path: Path) -> None:
+    short = start_with_files(tmp_path, b"abc", f"text:10:{tmp_path}/x")
+    assert short.returncode == 1
+    assert "stdin ended 7 bytes short of 10" in short.stderr
+    assert not (tmp_path / "t.pid").exists() and not (tmp_path / "x").exists()
+    bad = start_with_files(tmp_path, b"abc", f"gzip:3:{tmp_path}/x")
+    assert bad.returncode == 2
+    assert "is not ENCODING:BYTES:PATH" in bad.stderr
+    assert not (tmp_path / "t.pid").exists()
+
+
+def test_a_stdin_file_under_the_users_home_lands_there(tmp_path: Path) -> None:
+    # the default temp_path is ~/.cache/fabmurder/tmp: no shell expands a "~" inside a spec
+    result = subprocess.run(
+        [sys.executable, "-m", "fabmurder", "put", "--stdin-file", "text:3:~/.cache/t/x"],
+        input="abc", capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / ".cache/t/x").read_text() == "abc"
+    assert not (Path.cwd() / "~").exists()

@@ -255,6 +255,7 @@ def test_a_peer_is_polled_when_its_download_should_be_done() -> None:
 def test_the_torrent_step_writes_the_exact_bytes_from_stdin_with_a_real_shell(
     tmp_path: Path,
 ) -> None:
+    import shlex
     import sys
     from types import SimpleNamespace
 
@@ -269,10 +270,12 @@ def test_the_torrent_step_writes_the_exact_bytes_from_stdin_with_a_real_shell(
     )
     s.tmp = lambda name: f"{temp}/{name}"
     allow = "".join(f"10.{i // 256}.{i % 256}.1/32\n" for i in range(5000))  # 5,000 networks
-    step, text = place_files(cast(Settings, s), torrent, allow)
+    step, files, text = place_files(cast(Settings, s), torrent, allow)
     # the torrent (and its deploy token) and the allow-list are on no command line
-    assert len(step) < 1024 and "10.0.0.1" not in step
-    subprocess.run(["sh", "-c", step], check=True, cwd=tmp_path, input=text.encode())
+    words = [step, *files]
+    assert len(" ".join(words)) < 1024 and "10.0.0.1" not in " ".join(words)
+    put = " ".join(shlex.quote(w) for w in [sys.executable, "-m", "fabmurder", "put", *files])
+    subprocess.run(["sh", "-c", f"{step} && {put}"], check=True, cwd=tmp_path, input=text.encode())
     assert (temp / "v1.torrent").read_bytes() == torrent.read_bytes()
     assert (temp / "v1.torrent").stat().st_mode & 0o777 == 0o600
     assert (temp / "peer-v1.allow").read_text() == allow

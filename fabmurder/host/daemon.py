@@ -20,7 +20,8 @@ import signal
 import sys
 import time
 
-from fabmurder.host import privatedir
+from fabmurder.errors import MurderError
+from fabmurder.host import privatedir, put
 from fabmurder.host.atomic import replace_file
 from fabmurder.host.cli import EXIT_FAILED, EXIT_OK, EXIT_RUNNING, EXIT_USAGE, emit, fail
 
@@ -389,6 +390,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--pid-file", required=True)
     s.add_argument("--log", required=True)
     s.add_argument("--ready-timeout", type=float, default=60.0)
+    s.add_argument(
+        "--stdin-file",
+        action="append",
+        default=[],
+        type=put.stdin_file,
+        help="ENCODING:BYTES:PATH: land a file from stdin first, as put does; repeatable",
+    )
     s.add_argument("command", nargs=argparse.REMAINDER)
     t = sub.add_parser("stop", help="stop a daemon by its pid file")
     t.add_argument("--pid-file", required=True)
@@ -406,6 +414,11 @@ def main(argv: list[str]) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.action == "start":
         command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        try:
+            put.land(args.stdin_file)  # the files the command reads (one Python start, not three)
+        except MurderError as exc:
+            fail(str(exc))
+            return EXIT_FAILED
         return start(command, args.pid_file, args.log, args.ready_timeout)
     if args.action == "stop":
         emit(stop(args.pid_file, args.timeout))

@@ -9,8 +9,11 @@ symlink planted at the name is replaced, never followed, and the content
 ``{"file", "size"}``.
 
 With ``--bytes N`` it reads exactly ``N`` bytes and leaves the rest of
-stdin to the next command, so one stdin can carry two files (the torrent,
-then the agent's allow-list) to two ``put`` steps.
+stdin to the next command. ``--stdin-file ENCODING:BYTES:PATH`` (repeated)
+lands several files from one stdin in order, each of exactly ``BYTES``
+bytes (``base64`` or ``text``); ``daemon start`` takes the same option, so
+a peer's torrent and allow-list land in the process that starts its agent
+(each Python start costs the host about 0.06 CPU seconds).
 
 ``python -m fabmurder put --dir PATH [--dir PATH ...]`` makes each ``PATH``
 a private directory (0700, refused when it is not this user's own), in
@@ -72,6 +75,27 @@ def read_stdin(encoded: bool, count: int | None = None) -> bytes:
         raise MurderError(f"put: stdin is not base64: {exc}") from None
 
 
+#: the encodings of a ``--stdin-file`` spec: True for base64 text
+ENCODINGS = {"base64": True, "text": False}
+
+
+def stdin_file(spec: str) -> tuple[bool, int, str]:
+    """Parse ``ENCODING:BYTES:PATH`` into ``(encoded, count, path)`` (argparse type)."""
+    encoding, _, rest = spec.partition(":")
+    count, _, path = rest.partition(":")
+    if encoding not in ENCODINGS or not count.isdigit() or not path:
+        raise argparse.ArgumentTypeError(f"--stdin-file {spec!r} is not ENCODING:BYTES:PATH")
+    if path.startswith("~/"):
+        # inside the spec the shell expands no "~": the default temp_path is the user's own
+        path = os.path.expanduser(path)
+    return ENCODINGS[encoding], int(count), path
+
+
+def land(files: list[tuple[bool, int, str]]) -> list[dict[str, object]]:
+    """Write each ``(encoded, count, path)`` from the next ``count`` bytes of stdin, in order."""
+    return [put_file(path, read_stdin(encoded, count)) for encoded, count, path in files]
+
+
 def parser() -> argparse.ArgumentParser:
     """Return the ``put`` argument parser."""
     p = argparse.ArgumentParser(prog="fabmurder put", description=__doc__)
@@ -79,6 +103,12 @@ def parser() -> argparse.ArgumentParser:
     what.add_argument("--file", help="write stdin to this file (0600)")
     what.add_argument(
         "--dir", action="append", help="make this directory private (0700); may be repeated"
+    )
+    what.add_argument(
+        "--stdin-file",
+        action="append",
+        type=stdin_file,
+        help="ENCODING:BYTES:PATH: the next BYTES of stdin (base64 or text) to PATH; repeatable",
     )
     p.add_argument("--base64", action="store_true", help="stdin is base64 text")
     p.add_argument("--bytes", type=int, help="read exactly this many bytes of stdin")
@@ -91,6 +121,8 @@ def main(argv: list[str]) -> int:
     def body(args: argparse.Namespace) -> int:
         if args.dir is not None:
             emit({"dirs": [privatedir.ensure(path) for path in args.dir]})
+        elif args.stdin_file is not None:
+            emit({"files": land(args.stdin_file)})
         else:
             emit(put_file(args.file, read_stdin(args.base64, args.bytes)))
         return EXIT_OK
