@@ -14,6 +14,7 @@ docs/scale.png and docs/scale.md (:mod:`benchmarks.scalepage`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -29,6 +30,7 @@ from typing import Any
 from invoke import Context
 
 from benchmarks import scalepage
+from benchmarks.profiling import AllThreads
 from fabmurder import install, pipeline, releases
 from fabmurder.async_ssh import AsyncConnection
 from fabmurder.config import SSH_BACKENDS, settings
@@ -157,8 +159,12 @@ def metrics(url: str | None) -> int:
     )
 
 
-def deploy(c: Context, n: int, meter: Meter) -> dict[str, Any]:
-    """Run ``murder.deploy`` under ``meter``; return the run's record."""
+def deploy(c: Context, n: int, meter: Meter, profile: str | None = None) -> dict[str, Any]:
+    """Run ``murder.deploy`` under ``meter``; return the run's record.
+
+    :param profile: a path for a cProfile of the deploy's every thread
+        (:mod:`benchmarks.profiling`); its CPU figures are then the profiler's too.
+    """
     failures: dict[str, str] = {}
     counted: dict[str, int] = {}
     classes: tuple[Any, ...] = (FastConnection, AsyncConnection)  # whichever backend runs
@@ -177,9 +183,11 @@ def deploy(c: Context, n: int, meter: Meter) -> dict[str, Any]:
 
     for cls, real_run in zip(classes, real_runs, strict=True):
         cls.run = spying(real_run)
+    profiler = AllThreads() if profile else contextlib.nullcontext()
     with meter:
         try:
-            deployed = releases.deploy(c, on_event=meter.event)
+            with profiler:
+                deployed = releases.deploy(c, on_event=meter.event)
             ok, failures = len(deployed.report.succeeded), {}
         except Exception as exc:  # a failed deploy is a result too
             report = getattr(exc, "report", None)
@@ -189,6 +197,8 @@ def deploy(c: Context, n: int, meter: Meter) -> dict[str, Any]:
         finally:
             for cls, real_run in zip(classes, real_runs, strict=True):
                 cls.run = real_run
+    if isinstance(profiler, AllThreads) and profile:
+        print(f"profile of every thread: {profiler.write(profile)}", flush=True)
     phases = meter.phases()
     cpu = sum(p["cpu_s"] for p in phases.values())
     watch = phases.get("watch", {})
@@ -215,7 +225,9 @@ def deploy(c: Context, n: int, meter: Meter) -> dict[str, Any]:
     }
 
 
-def run_simulated(n: int, name: str, workers: int, backend: str = "fabric") -> dict[str, Any]:
+def run_simulated(
+    n: int, name: str, workers: int, backend: str = "fabric", profile: str | None = None
+) -> dict[str, Any]:
     """Deploy to ``n`` simulated peers (plus the real seeder and tracker, host 1)."""
     began = time.monotonic()
     sim = simfleet.up(n + 1, name=name, workers=workers, release_size=SIZE)
@@ -238,7 +250,7 @@ def run_simulated(n: int, name: str, workers: int, backend: str = "fabric") -> d
         config["murder"] = sim.murder(
             n, tag=f"sim{n}", timeout=600, poll_interval=1.0, ssh_backend=backend
         )
-        record = deploy(Context(config=config), n, Meter(tracker, hosts))
+        record = deploy(Context(config=config), n, Meter(tracker, hosts), profile)
         record["simulated_agent_requests"] = sum(
             int(_read(p) or 0) for p in sim.state_dir.glob("requests-*")
         )
@@ -414,6 +426,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="fabric",
         help="the control host's SSH backend (murder.ssh_backend)",
     )
+    p.add_argument(
+        "--profile",
+        default="",
+        help="cProfile every thread of each simulated deploy to PROFILE-<backend>-<N>.prof(.txt)",
+    )
     p.add_argument("--name", default=os.environ.get("FABMURDER_FLEET_NAME", "sm")[:3])
     p.add_argument("--out", default=str(ROOT / "docs" / "scale-results.json"))
     p.add_argument("--plot", default=str(ROOT / "docs" / "scale.png"))
@@ -469,7 +486,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(agent, ignore_errors=True)
     for n in counts(args.sim):
         print(f"SIMULATED fleet: {n} peers ...", flush=True)
-        results["runs"].append(run_simulated(n, f"{args.name}s", args.workers, args.backend))
+        profile = f"{args.profile}-{args.backend}-{n}.prof" if args.profile else None
+        results["runs"].append(
+            run_simulated(n, f"{args.name}s", args.workers, args.backend, profile)
+        )
         print(scalepage.line(results["runs"][-1]), flush=True)
         save()
     for n in counts(args.sim_connections):

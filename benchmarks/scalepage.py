@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from benchmarks import sshpage
 from fabmurder.host.reporter import HEARTBEAT
 from fabmurder.testing.simagent import REANNOUNCE, TRANSFER
 from fabmurder.testing.simfleet import LABEL
@@ -344,5 +345,6 @@ def page(results: dict[str, Any]) -> str:
             "```",
             "",
             *cost,
+            *sshpage.page_section(),
         ]
     )
