@@ -130,7 +130,7 @@ def log_file(role: str, tag: str | None = None) -> str:
 
 
 def allow_file(role: str, tag: str) -> str:
-    """Return the name of a peer agent's allow-list (one address or network per line)."""
+    """Return the name of an agent's allow-list (one address or network per line)."""
     return f"{role}-{tag}.allow"
 
 

@@ -54,17 +54,20 @@ def start_seed(pool: ConnectionPool, plan: Plan, emit: EventCallback) -> int | N
     """Start seeding the run's release on the seeder, detached; return its PID."""
     s = plan.s
     assert s.seeder
+    # the allow-list travels on stdin, as a peer's does: no command grows with N
+    allow = s.tmp(contract.allow_file("seed", s.tag))
     args: list[object] = [
         "--torrent", s.tmp(contract.torrent(s.tag)), "--save-path", s.temp_path,
         "--bind", plan.address(s.seeder), "--port", s.peer_port,
         "--status-file", s.tmp(contract.status_file("seed", s.tag)), "--tag", s.tag,
-        *plan.allow_args, *rate_args(s, download=False),
+        "--allow-file", allow, *rate_args(s, download=False),
     ]  # fmt: skip
     data = run_agent(
         pool.get(s.seeder), s, "daemon", "start",
         "--pid-file", s.tmp(contract.pid_file("seed", s.tag)),
         "--log", s.tmp(contract.log_file("seed", s.tag)),
-        "--", "seed", *args, ok=(0, 3),
+        "--stdin-file", f"text:{len(plan.allow_text.encode())}:{allow}",
+        "--", "seed", *args, ok=(0, 3), stdin=plan.allow_text,
     )  # fmt: skip
     running = "already seeding" if data["exit"] == 3 else f"seeding (pid {data.get('pid')})"
     emit(Event("host", running, s.seeder, {"ok": True}))

@@ -175,11 +175,6 @@ class Plan:
         return "".join(f"{net}\n" for net in self.allow_networks)
 
     @cached_property
-    def allow_args(self) -> tuple[str, ...]:
-        """Return ``--allow`` arguments of :attr:`allow_networks` (the seeder's command line)."""
-        return tuple(part for net in self.allow_networks for part in ("--allow", net))
-
-    @cached_property
     def allow_networks(self) -> tuple[str, ...]:
         """Return the networks the swarm's addresses collapse to: the seeder and the peers.
 

@@ -423,14 +423,7 @@ def test_a_peer_starts_with_its_slice_and_the_allow_list_built_once() -> None:
     assert "--allow-file ~/.cache/fabmurder/tmp/peer-v1.allow" in command
     assert "--allow " not in command and plan.allow_text is plan.allow_text
     assert plan.allow_text == "10.0.0.1/32\n10.0.0.2/31\n10.0.0.4/32\n"
-    assert plan.allow_args == (
-        "--allow",
-        "10.0.0.1/32",
-        "--allow",
-        "10.0.0.2/31",
-        "--allow",
-        "10.0.0.4/32",
-    )
+    assert plan.allow_networks == ("10.0.0.1/32", "10.0.0.2/31", "10.0.0.4/32")
     events: list[Event] = []
     running = FakePool(lambda host, command: ok({}, exited=3))
     assert daemons.start_seed(running, plan, events.append) is None

@@ -273,14 +273,14 @@ def test_the_agents_allow_list_holds_the_swarm_and_the_tracker_only_as_one_of_it
     hosts = {"tr": "10.9.0.1", "sd": "10.9.0.2", "p1": "10.9.0.3", "p2": "10.9.0.5"}
     s = settings(Context(), tracker="tr", seeder="sd", peers=["p1", "p2"])
     plan = Plan(s, Probe(addresses=hosts))
-    allowed = plan.allow_args[1::2]
+    allowed = plan.allow_networks
     assert allowed == ("10.9.0.2/31", "10.9.0.5/32")
     assert "10.9.0.1" not in " ".join(allowed)
     # a tracker that is the seeder too is in the swarm
     same = Plan(
         settings(Context(), tracker="sd", seeder="sd", peers=["p1"]), Probe(addresses=hosts)
     )
-    assert same.allow_args == ("--allow", "10.9.0.2/31")
+    assert same.allow_networks == ("10.9.0.2/31",)
 
 
 # -- the agent install -----------------------------------------------------------------------

@@ -146,9 +146,9 @@ def test_the_allow_list_of_5000_addresses_is_built_once_at_a_flat_cost_per_addre
     def measure(n: int) -> int:
         plan = plan_of(n, gaps=True)
         with Calls() as calls:
-            first = plan.allow_args
-        assert plan.allow_args is first  # built once per run, not once per peer
-        assert "--allow" in first and "10.250.0.1/32" in first
+            first = plan.allow_text
+        assert plan.allow_text is first  # built once per run, not once per peer
+        assert "\n10.250.0.1/32\n" in first  # the seeder, among the peers
         return calls.count
 
     assert_flat("the allow-list per address", *per_host(measure))
@@ -174,6 +174,18 @@ def test_a_peer_start_command_is_as_long_for_5000_peers_as_for_500(tmp_path: Pat
     large, _ = start_commands(LARGE, tmp_path, count=1)
     assert len(large[0]) < 128 * 1024, "beyond Linux's limit for one argv string (E2BIG)"
     assert len(large[0]) <= len(small[0]) + 64, (len(small[0]), len(large[0]))
+
+
+def test_the_seeders_start_command_is_as_long_for_5000_peers_as_for_500() -> None:
+    lengths = {}
+    for n in (SMALL, LARGE):
+        plan = plan_of(n, gaps=True)
+        pool = FakePool(lambda host, command: ok({"pid": 7}))
+        daemons.start_seed(pool, plan, lambda event: None)
+        ((host, command),) = pool.log
+        assert host == "seed" and "--allow-file" in command and "--allow " not in command
+        lengths[n] = len(command)
+    assert lengths[LARGE] <= lengths[SMALL] + 8, lengths  # the allow-list went to stdin
 
 
 def test_starting_5000_peers_costs_each_peer_what_starting_500_does(tmp_path: Path) -> None:
