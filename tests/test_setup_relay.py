@@ -2,7 +2,7 @@
 
 On loopback: the relay's ``serve`` and the hosts' fetch, including a relay
 that hands out other bytes. On the fleet: ``murder.setup`` to eight hosts
-uploads the wheels to four of them only, and every host ends with a working
+uploads the wheels to three of them only, and every host ends with a working
 agent and the relays stopped.
 """
 
@@ -77,7 +77,7 @@ def test_a_relay_serves_its_wheels_only_and_the_fetch_checks_every_byte(
 
 
 @pytest.mark.fleet
-def test_setup_to_eight_hosts_uploads_the_wheels_to_four_and_relays_them_to_the_rest(
+def test_setup_to_eight_hosts_uploads_the_wheels_to_three_and_relays_them_to_the_rest(
     fleet: Fleet, wheels: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     kit = DeployKit(fleet, str(wheels))
@@ -98,7 +98,7 @@ def test_setup_to_eight_hosts_uploads_the_wheels_to_four_and_relays_them_to_the_
         assert sorted(result.succeeded.values()) == ["installed"] * 8
         uploaded = [p for p in puts if f"{remote}/wheels/" in p]
         assert len(uploaded) == wheel_relay.RELAYS * count, uploaded
-        assert len({p.split()[0] for p in uploaded}) == wheel_relay.RELAYS
+        assert len({p.split()[0] for p in uploaded}) == wheel_relay.RELAYS < 8  # not all
         for index in range(1, 9):
             assert not [p for p in agent_processes(fleet, index) if " serve " in p], index
         again = pipeline.setup(kit.context(murder))
