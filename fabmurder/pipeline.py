@@ -20,7 +20,16 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Unpack
 
-from fabmurder import contract, daemons, distribution, install, peers, tracker_control, wheel_relay
+from fabmurder import (
+    contract,
+    daemons,
+    distribution,
+    install,
+    lock,
+    peers,
+    tracker_control,
+    wheel_relay,
+)
 from fabmurder.config import Settings, settings
 from fabmurder.errors import ConfigError, DeployError
 from fabmurder.options import Options, UntaggedOptions
@@ -233,6 +242,8 @@ def distribute_files(
         when more peers failed than allowed (the others keep their release),
         or when the tracker could not remove the release from its allow-list.
     :raises HostError: when the seeder or tracker cannot be used.
+    :raises LockError: when another deploy holds the seeder's deploy lock
+        (they would share its tracker and ``peer_port``); nothing was done.
     :raises ConfigError: for missing or invalid settings.
 
     A peer that already holds this very release (same SHA-256) at
@@ -240,8 +251,9 @@ def distribute_files(
     peer holding another release under that tag fails without downloading,
     unless ``force``.
     """
-    s = settings(c, **options)
-    with open_pool(c, s) as pool:
+    s = settings(c, **options).require("seeder")
+    assert s.seeder
+    with open_pool(c, s) as pool, lock.held(pool.get(s.seeder), s, force=s.force, emit=on_event):
         return distribution.distribute(pool, s, on_event)
 
 

@@ -274,6 +274,10 @@ def test_two_deploys_at_once_one_is_refused_naming_the_other_and_ctrl_c_unlocks(
     out = fab(ssh_config, wheels, "-f", config, "murder.deploy", "--tag", "l3")
     assert out.returncode == 1
     assert "stale: its process is gone" in out.stderr and "--force clears it" in out.stderr
+    # distribute-files shares the tracker and peer_port too: the same lock stops it
+    out = fab(ssh_config, wheels, "-f", config, "murder.distribute-files", "--tag", "l3")
+    assert out.returncode == 1 and "another deploy holds the lock" in out.stderr, out.stderr
+    assert fleet.run_in(build, ["cat", lock]).stdout == stale  # the stale lock, untouched
     out = fab(ssh_config, wheels, "-f", config, "murder.deploy", "--tag", "l3", "--force",
               "--upload-rate-limit", "0")  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr

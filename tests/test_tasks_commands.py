@@ -144,7 +144,7 @@ def test_flags_become_overrides_and_unset_flags_fall_back_to_config(
     config.load_collection(fabmurder.ns.configuration())
     config.murder.update(
         tag="from-config", timeout=100, files_path="/srv/app", destination_path="/srv/releases",
-        seed_after=7, max_failed_peers=2, parallel=5, force=True,
+        seed_after=7, max_failed_peers=2, parallel=5, force=True, seeder="seed",
     )  # fmt: skip
     c = Context(config=config)
     with pytest.raises(Resolved) as caught:
