@@ -16,6 +16,7 @@ import io
 import pstats
 import sys
 import threading
+import time
 from typing import Any
 
 
@@ -29,7 +30,8 @@ class AllThreads:
     def _boot(self, *args: Any) -> None:
         # runs once, as the new thread's first profile event: hand over to cProfile
         sys.setprofile(None)
-        profile = cProfile.Profile()
+        # each thread's own CPU time: waiting on a lock or a socket costs nothing
+        profile = cProfile.Profile(time.thread_time)
         with self._lock:
             self.profiles.append(profile)
         profile.enable()
@@ -62,6 +64,7 @@ class AllThreads:
         text = pstats.Stats(path, stream=out)
         text.sort_stats("tottime").print_stats(top)
         text.sort_stats("cumulative").print_stats(top)
+        text.sort_stats("tottime").print_callers(top // 2)
         txt = f"{path}.txt"
         with open(txt, "w", encoding="utf-8") as fh:
             fh.write(f"{len(self.profiles)} threads profiled\n" + out.getvalue())

@@ -70,10 +70,11 @@ def start_peers(
     for host, reason in result.failed.items():
         report.fail(host, f"could not start the peer agent: {reason}")
     # polled=started: the first poll comes FAST_POLL after the start, not at once
+    ok = result.succeeded  # once: each reading builds the dict anew (N² at 1,000 peers)
     return {
         host: Watch(report.hosts[host], started=started, polled=started)
         for host in hosts
-        if host in result.succeeded
+        if host in ok
     }
 
 

@@ -267,10 +267,11 @@ class ConnectionPool:
 
     def _async(self, resolved: Connection) -> Connection:
         """Return the asyncssh backend's connection to the host Fabric resolved (never opened)."""
-        from fabmurder import async_ssh  # asyncssh is an optional dependency: fabmurder[asyncssh]
+        # asyncssh is an optional dependency: fabmurder[asyncssh]
+        from fabmurder import async_ssh, ssh_loop
 
         if self._loop is None:
-            self._loop = async_ssh.EventLoop()
+            self._loop = ssh_loop.EventLoop()
         known = self._known_for(resolved) if self.strict_host_keys else None
         conn = async_ssh.AsyncConnection(resolved, self._loop, known)
         # it offers the part of Connection that fabmurder uses (run, put, get, host ...)

@@ -22,11 +22,12 @@ from invoke import Context
 from invoke.exceptions import CommandTimedOut, UnexpectedExit
 
 from fabmurder import releases
-from fabmurder.async_ssh import AsyncConnection, EventLoop
+from fabmurder.async_ssh import AsyncConnection
 from fabmurder.config import settings
 from fabmurder.errors import ConfigError, HostError
 from fabmurder.remote import QUIET, ConnectionPool, FastConnection, feeding, open_pool
 from fabmurder.report import Event
+from fabmurder.ssh_loop import EventLoop
 from fabmurder.testing import simfleet
 from fabmurder.testing.deploykit import DeployKit
 
