@@ -129,6 +129,11 @@ class Host:
         if command == "daemon":
             args = daemon.parser().parse_args(argv)
             if args.action == "start":
+                # --stdin-file: the torrent and the allow-list, one after the other on stdin
+                data = (await stdin.read()).encode() if args.stdin_file else b""
+                for encoded, count, path in args.stdin_file:
+                    chunk, data = data[:count], data[count:]
+                    self.files[path] = base64.b64decode(chunk) if encoded else chunk
                 return self.start(args.pid_file, args.command)
             agent = self.agents.get(args.pid_file)
             if args.action == "stop":
