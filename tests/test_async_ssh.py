@@ -8,6 +8,7 @@ host-key refusals and SFTP to a real home directory. Nothing here is timed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
 import subprocess
@@ -16,12 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncssh
+import paramiko
 import pytest
 from fabric import Config
 from invoke import Context
 from invoke.exceptions import CommandTimedOut, UnexpectedExit
 
-from fabmurder import releases
+from fabmurder import known_hosts, releases
 from fabmurder.async_ssh import AsyncConnection
 from fabmurder.config import settings
 from fabmurder.errors import ConfigError, HostError
@@ -295,3 +298,48 @@ def test_an_event_loop_closes_with_its_thread() -> None:
     loop.close()
     loop.close()  # twice is fine
     assert threading.active_count() == before
+
+
+def write_known_hosts(path: Path, count: int) -> list[paramiko.PKey]:
+    """A known_hosts file of ``count`` hosts on port 22, 10.0.x.y, each with its own key."""
+    found = []
+    for i in range(count):
+        blob = paramiko.Message()
+        blob.add_string("ssh-ed25519")
+        blob.add_string(hashlib.sha256(str(i).encode()).digest())
+        found.append(paramiko.Ed25519Key(data=blob.asbytes()))
+    lines = [
+        f"10.0.{i // 256 % 256}.{i % 256} ssh-ed25519 {k.get_base64()}" for i, k in enumerate(found)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return found
+
+
+def test_a_5000_line_known_hosts_is_read_once_and_each_connection_trusts_its_own_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "known_hosts"
+    found = write_known_hosts(path, 5000)
+    parsed: list[str] = []
+    real = known_hosts.HostKeyEntry.from_line
+
+    def counting(line: str, lineno: int | None = None) -> object:
+        parsed.append(line)
+        return real(line, lineno)
+
+    monkeypatch.setattr(known_hosts.HostKeyEntry, "from_line", staticmethod(counting))
+    with ConnectionPool(Context().config, known_hosts=(str(path),), backend="asyncssh") as pool:
+        chosen = list(range(0, 5000, 25))
+        conns = [pool.get(f"root@10.0.{i // 256 % 256}.{i % 256}") for i in chosen]
+        off_22 = pool.get("root@10.0.0.7:2222")
+    assert len(parsed) == 5000  # once for the pool, not once per connection
+    for i, conn in zip(chosen, conns, strict=True):
+        trusted = conn._trusted
+        assert trusted is not None and len(trusted) == 1
+        assert (
+            trusted[0].public_data
+            == asyncssh.import_public_key(f"ssh-ed25519 {found[i].get_base64()}").public_data
+        )
+    assert off_22._trusted == []  # filed under [host]:2222: unknown, so it will be refused
+    with ConnectionPool(Context().config, strict_host_keys=False, backend="asyncssh") as lax:
+        assert lax.get("web1")._trusted is None  # any key, as Fabric does
