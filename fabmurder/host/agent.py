@@ -213,7 +213,12 @@ class Agent:
         import libtorrent as lt
 
         args = self.args
-        pack = profile.settings(args.bind, args.port, profile.parse_overrides(args.settings))
+        queues = {}
+        if self.meta.lengths is not None:
+            queues = profile.request_queues(self.meta.size, self.meta.lengths)
+        # --settings (murder.libtorrent) still has the last word.
+        overrides = {**queues, **profile.parse_overrides(args.settings)}
+        pack = profile.settings(args.bind, args.port, overrides)
         pack.update(
             profile.rate_limits(args.upload_rate_limit, getattr(args, "download_rate_limit", 0))
         )
