@@ -268,3 +268,37 @@ def test_stripes_of_a_tree_release_are_cut_from_the_pieces_still_missing() -> No
         firsts.append([p for p, prio in enumerate(prios) if prio == STRIPE_PRIORITY])
     # Every missing piece is first for exactly one peer, two each; none other is.
     assert firsts == [[3, 40], [41, 90], [91, 92], [200, 255]]
+
+
+def test_a_tree_shaped_like_node_modules_lands_file_for_file_and_costs_its_bytes(
+    tmp_path: Path, swarm: Swarm
+) -> None:
+    # The benchmark's 30,000 files of 1-8 KiB in 600 directories, a tenth of it:
+    # the shape that failed on every peer (docs/delta.md).
+    from test_host_request_queues import small_tree
+
+    src = tmp_path / "many"
+    small_tree(src, 3000)
+    info = swarm.create(src, "m1")
+    meta = metainfo.read(info["torrent"], tag="m1")
+    swarm.seed(info)
+    code, err = swarm.peer(info, 0)
+    assert code == 0, err
+    same_tree(src, swarm.dest(0) / "m1")
+    status = read_json(swarm.status(0))
+    assert status["from_seeder"] + status["from_peers"] == meta.size
+
+
+def test_stripes_of_pieces_of_unequal_sizes_hold_equal_bytes_not_equal_counts() -> None:
+    from fabmurder.host.transfer import STRIPE_PRIORITY, stripe_priorities
+
+    # 600 small files' pieces, then 4 large files' 64 KiB pieces (as a tree's are).
+    lengths = [4096] * 600 + [65536] * 120
+    held = []
+    for index in range(8):
+        prios = stripe_priorities(len(lengths), index, 8, lengths=lengths)
+        first = [n for n, prio in zip(lengths, prios, strict=True) if prio == STRIPE_PRIORITY]
+        held.append(sum(first))
+    assert sum(held) == sum(lengths)
+    # Every slice within one piece of its share.
+    assert max(held) - min(held) <= 65536 + 4096, held

@@ -144,7 +144,9 @@ def _fetch(agent: Agent, stage: staging.Stage | None, deadline: Deadline) -> int
             # Only the pieces no local release held are asked for: stripe those.
             have = agent.handle.status(lt.status_flags_t.query_pieces).pieces
             missing = [i for i, got in enumerate(have) if not got]
-        priorities = stripe_priorities(agent.meta.num_pieces, *args.stripe, missing=missing)
+        priorities = stripe_priorities(
+            agent.meta.num_pieces, *args.stripe, missing=missing, lengths=agent.meta.lengths
+        )
         agent.handle.prioritize_pieces(priorities)
     agent.set_state("downloading")
     # torrent_finished_alert first: polling handle.status() is a blocking call into
@@ -177,7 +179,12 @@ def _fetch(agent: Agent, stage: staging.Stage | None, deadline: Deadline) -> int
 
 
 def stripe_priorities(
-    num_pieces: int, index: int, count: int, *, missing: list[int] | None = None
+    num_pieces: int,
+    index: int,
+    count: int,
+    *,
+    missing: list[int] | None = None,
+    lengths: list[int] | None = None,
 ) -> list[int]:
     """Return piece priorities that put peer ``index`` of ``count``'s own slice first.
 
@@ -191,13 +198,27 @@ def stripe_priorities(
         already (a tree release filled from older ones): the slices are cut
         from these, or a small change would fall in one peer's slice, and
         every peer would ask the seeder for the same pieces.
+    :param lengths: each piece's payload bytes, when pieces differ in size
+        (a tree release's pieces end with their files): the slices are cut
+        to equal bytes, not equal counts, or a peer whose slice holds the
+        small files is done with the seeder early and the large files'
+        slices are the last to spread.
     """
     wanted = list(range(num_pieces)) if missing is None else missing
-    low = len(wanted) * index // count
-    high = len(wanted) * (index + 1) // count
     priorities = [DEFAULT_PRIORITY] * num_pieces
-    for piece in wanted[low:high]:
-        priorities[piece] = STRIPE_PRIORITY
+    if lengths is None:
+        low = len(wanted) * index // count
+        high = len(wanted) * (index + 1) // count
+        for piece in wanted[low:high]:
+            priorities[piece] = STRIPE_PRIORITY
+        return priorities
+    total = sum(lengths[p] for p in wanted) or 1
+    before = 0
+    for piece in wanted:
+        # a piece belongs to the slice its middle byte falls in
+        if (2 * before + lengths[piece]) * count // (2 * total) == index:
+            priorities[piece] = STRIPE_PRIORITY
+        before += lengths[piece]
     return priorities
 
 
