@@ -146,10 +146,10 @@ def request_queues(size: int, lengths: list[int]) -> dict[str, Any]:
     block of a small file is a few KiB, and each is a disk job of its own
     on the seeder (a file opened and read): with the profile's queues a
     peer waited out a round trip every 8 of them. 10,000 files of 1-8 KiB
-    (mean block 4.6 KB) to one peer on loopback, libtorrent 2.1.1, twice
-    each in alternation: queues of 8 (in) / 16 (out) downloaded in 8.1 and
-    8.8 s, 32 / 64 in 5.8-6.2 s, 64 / 128 in 3.9-5.1 s, 128 / 128 in 3.3-5.4 s
-    (docs/delta.md). Both queues grow by the square of the mean block's
+    (mean block 4.6 KB) to one peer on loopback, libtorrent 2.1.1, in
+    alternation: queues of 8 (in) / 16 (out) downloaded in 5.8-8.8 s (four
+    runs), 32 / 64 in 5.8-6.2 s, 64 / 128 in 3.9-5.1 s, 128 / 128 in
+    3.3-5.4 s (two each; docs/delta.md). Both queues grow by the square of the mean block's
     shortfall from 16 KiB, at most MAX_QUEUE_SCALE times: a torrent of
     full blocks (a tarball, or a tree of large files) keeps the profile's.
 
