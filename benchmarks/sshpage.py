@@ -54,25 +54,24 @@ def profile_summary(path: str, top: int = 12) -> dict[str, Any]:
     }
 
 
-def _runs(lab: dict[str, Any]) -> list[dict[str, Any]]:
+def _runs(lab: dict[str, Any], key: str = "results") -> list[dict[str, Any]]:
     out = []
-    for result in lab["results"]:
+    for result in lab.get(key, []):
+        commit = re.findall(r"commit ([0-9a-f]{7,})", " ".join(result.get("notes", [])))
         for run in result["runs"]:
-            out.append({**run, "ssh_backend": run.get("ssh_backend", result.get("ssh_backend"))})
+            backend = run.get("ssh_backend", result.get("ssh_backend"))
+            out.append({**run, "ssh_backend": backend, "commit": commit[0] if commit else "?"})
     return out
 
 
 def _goals(runs: list[dict[str, Any]], parallel: int) -> list[str]:
     lines = []
     for backend in dict.fromkeys(r["ssh_backend"] for r in runs):
-        mine = {r["n"]: r for r in runs if r["ssh_backend"] == backend}
-        threads = max(r["threads_max"] for r in mine.values())
-        cheap = max(r["cpu_ms_per_host"] for r in mine.values())
-        flat = (
-            round(mine[1000]["cpu_ms_per_host"] / mine[64]["cpu_ms_per_host"], 2)
-            if 64 in mine and 1000 in mine
-            else None
-        )
+        mine = [r for r in runs if r["ssh_backend"] == backend]
+        threads = max(r["threads_max"] for r in mine)
+        cheap = max(r["cpu_ms_per_host"] for r in mine)
+        sim = {r["n"]: r["cpu_ms_per_host"] for r in mine if r["kind"] == "simulated"}
+        flat = round(sim[1000] / sim[64], 2) if 64 in sim and 1000 in sim else None
         lines += [
             f"- `{backend}`: threads {threads} (goal <= parallel + 50 = {parallel + 50}: "
             f"{'met' if threads <= parallel + 50 else 'NOT met'}); control CPU up to "
@@ -87,17 +86,19 @@ def section(lab: dict[str, Any]) -> list[str]:
     """Return the lines of docs/scale.md's section on the SSH backends."""
     runs = _runs(lab)
     head = [
-        "| backend | fleet | N | ok | wall s | control CPU s | ms per host | threads max "
+        "| backend | commit | fleet | N | ok | wall s | control CPU s | ms per host | threads max "
         "| fds max | RSS MiB | connect ms/host | one command ms/host | idle us/host/s "
         "| threads while open |",
-        "|" + "---|" * 14,
+        "|" + "---|" * 15,
     ]
-    phases = ["| backend | N | " + " | ".join(PHASES) + " |", "|" + "---|" * (2 + len(PHASES))]
-    for r in runs:
+    phases = ["| backend | commit | fleet | N | " + " | ".join(PHASES) + " |"]
+    phases.append("|" + "---|" * (4 + len(PHASES)))
+    for r in runs + _runs(lab, "history"):
         c = r.get("connection_costs") or {}
         kind = "SIMULATED" if r["kind"] == "simulated" else "real"
         head.append(
-            f"| `{r['ssh_backend']}` | {kind} | {r['n']} | {r['ok']}/{r['n']} | {r['wall_s']:.1f} "
+            f"| `{r['ssh_backend']}` | {r['commit']} | {kind} | {r['n']} | {r['ok']}/{r['n']} "
+            f"| {r['wall_s']:.1f} "
             f"| {r['cpu_s']:.2f} | {r['cpu_ms_per_host']:.1f} | {r['threads_max']} "
             f"| {r['fds_max']} | {r['rss_max_mib']:.0f} | {c.get('connect_ms_per_host', '-')} "
             f"| {c.get('command_ms_per_host', '-')} | {c.get('idle_us_per_host_per_s', '-')} "
@@ -105,12 +106,22 @@ def section(lab: dict[str, Any]) -> list[str]:
         )
         per = [r["phases"].get(p, {}).get("cpu_s") for p in PHASES]
         cells = " | ".join("-" if v is None else f"{1000 * v / r['n']:.1f}" for v in per)
-        phases.append(f"| `{r['ssh_backend']}` | {r['n']} | {cells} |")
+        phases.append(f"| `{r['ssh_backend']}` | {r['commit']} | {kind} | {r['n']} | {cells} |")
+    for x in [*lab["results"], *lab.get("history", [])]:
+        for r in x.get("connections", []):
+            c = r["connection_costs"]
+            head.append(
+                f"| `{r.get('ssh_backend', x.get('ssh_backend'))}` | see below "
+                "| SIMULATED, connections only "
+                f"| {c['hosts']} | {c['ok']}/{c['hosts']} | - | - | - | - | - | - "
+                f"| {c['connect_ms_per_host']} | {c['command_ms_per_host']} "
+                f"| {c['idle_us_per_host_per_s']} | {c['threads_while_open']} |"
+            )
     runs_of = [
-        f"- `{x['command']}` ({x.get('ssh_backend')}): {x['started']} to {x.get('finished', '?')}, "
-        f"load average before {x['load_before']}, after each run "
-        f"{[r['load_after'] for r in x['runs']]}"
-        for x in lab["results"]
+        f"- {'earlier, ' if x in lab.get('history', []) else ''}`{x['command']}`: "
+        f"{x['started']} to {x.get('finished', '?')}, load average before {x['load_before']}, "
+        f"after each run {[r['load_after'] for r in x['runs']] or '-'}"
+        for x in [*lab["results"], *lab.get("history", [])]
     ]
     profile = lab.get("profile")
     prof = []
@@ -134,7 +145,7 @@ def section(lab: dict[str, Any]) -> list[str]:
         "`murder.ssh_backend: asyncssh` (`fabmurder/async_ssh.py`) carries every",
         "connection of a run on one asyncio event loop thread instead of one",
         "Paramiko transport thread per connection. These runs compare the two",
-        "backends on the SIMULATED fleet, with the same benchmark",
+        "backends on the SIMULATED fleet and on 64 real hosts, with the same benchmark",
         f"(`python -m benchmarks.scale --backend ...`), at commit {lab['commit']}",
         f"({lab['how']}). The machine is shared: other engineers' benchmarks ran",
         "beside these, so wall times are loaded; CPU is the control process's own.",
@@ -147,7 +158,7 @@ def section(lab: dict[str, Any]) -> list[str]:
         "",
         *phases,
         "",
-        "Against the issue's goals:",
+        "Against the issue's goals (the runs of the current commit; earlier runs are not judged):",
         "",
         *_goals(runs, lab["parallel"]),
         "",
@@ -167,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", help="JSON files written by benchmarks.scale --out")
     p.add_argument("--commit", required=True, help="the commit the runs ran")
     p.add_argument("--how", default="", help="how the tree was run (a snapshot, its venv)")
+    p.add_argument(
+        "--history", action="append", default=[], help="an earlier run: in the tables, not judged"
+    )
     p.add_argument("--profile", help="a pstats file from bench.scale --profile")
     p.add_argument("--profile-what", default="", help="what the profile is of")
     p.add_argument("--note", action="append", default=[], help="a line for the section")
@@ -179,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "how": args.how,
         "parallel": results[0]["parallel"],
         "results": results,
+        "history": [json.loads(Path(path).read_text()) for path in args.history],
         "notes": args.note,
     }
     if args.profile:
