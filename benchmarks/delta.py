@@ -337,23 +337,31 @@ def on_host(fl: Fleet, host: Host, call: str) -> int:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    """Draw wall time and bytes of full, delta and rsync side by side."""
+    """Draw wall time and bytes of full, delta and rsync, and the many-files runs' wall time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in ("full", "delta", "rsync") if "wall_s" in results.get(n, {})]
-    if not names:
+    def made(keys: tuple[str, ...]) -> list[str]:
+        return [n for n in keys if "wall_s" in results.get(n, {})]
+
+    names = made(("full", "delta", "rsync"))
+    many = made(("many_files_tree", "many_files_tar", "one_file"))
+    if not names and not many:
         return
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.8))
     a.bar(names, [results[n]["wall_s"] for n in names])
     a.set_ylabel("wall time (s)")
+    a.set_title(f"N={results['n']} at {results['rate_mbit']:g} Mbit/s, {results['size_mib']} MiB")
     b.bar(names, [results[n]["seeder_sent"] / MIB for n in names], label="seeder sent")
     b.bar(names, [results[n]["fleet_sent"] / MIB for n in names], alpha=0.4, label="fleet sent")
     b.set_ylabel("MiB")
     b.legend()
-    fig.suptitle(f"N={results['n']} at {results['rate_mbit']:g} Mbit/s, {results['size_mib']} MiB")
+    labels = {"many_files_tree": "tree", "many_files_tar": "tarball", "one_file": "one file"}
+    c.bar([labels[n] for n in many], [results[n]["wall_s"] for n in many])
+    c.set_ylabel("wall time (s)")
+    c.set_title(f"{results['small_files']:,} files of 1-8 KiB, 4 uncapped peers")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -374,7 +382,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--plot", default=str(PLOT))
+    p.add_argument(
+        "--render", action="store_true", help="only draw the plot from the results in --out"
+    )
     args = p.parse_args(argv)
+    if args.render:
+        plot(json.loads(Path(args.out).read_text()), Path(args.plot))
+        print(f"wrote {args.plot}", flush=True)
+        return
     results = run(args)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     plot(results, Path(args.plot))
