@@ -69,3 +69,5 @@ def test_the_agent_gives_libtorrent_the_deeper_queues_and_murder_libtorrent_stil
 
     assert applied(None) == (128, 64)
     assert applied('{"max_allowed_in_request_queue": 8}') == (128, 8)
+    # The agent's own lab switches ride the same JSON and never reach libtorrent.
+    assert applied('{"fabmurder_seeder_hold": 5}') == (128, 64)

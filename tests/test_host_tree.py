@@ -75,8 +75,10 @@ class Swarm:
         )
         wait_until(lambda: read_json(status).get("state") == "seeding", 30, "the seeder")
 
-    def peer(self, info: dict[str, Any], n: int, sha256: str | None = None) -> tuple[int, str]:
-        """Run peer ``n`` to its end; return its exit code and stderr."""
+    def peer(
+        self, info: dict[str, Any], n: int, sha256: str | None = None, extra: tuple[str, ...] = ()
+    ) -> tuple[int, str]:
+        """Run peer ``n`` to its end, ``extra`` arguments appended; return its code and stderr."""
         temp = self.tmp / f"temp{n}"
         temp.mkdir(mode=0o700, exist_ok=True)
         addr = f"127.0.0.{10 + n}"
@@ -85,7 +87,7 @@ class Swarm:
             + ["--bind", addr, "--port", str(free_port(addr))]
             + ["--status-file", str(self.status(n)), "--sha256", sha256 or info["sha256"]]
             + ["--dest", str(self.dest(n)), "--tag", info["tag"], "--timeout", "60"]
-            + ["--seed-after", "0", "--seeder", "127.0.0.2"],
+            + ["--seed-after", "0", "--seeder", "127.0.0.2", *extra],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -302,3 +304,17 @@ def test_stripes_of_pieces_of_unequal_sizes_hold_equal_bytes_not_equal_counts() 
     assert sum(held) == sum(lengths)
     # Every slice within one piece of its share.
     assert max(held) - min(held) <= 65536 + 4096, held
+
+
+def test_a_delta_peer_holding_back_from_the_seeder_still_lands_the_release(
+    tmp_path: Path, swarm: Swarm
+) -> None:
+    # The lab switch (docs/delta.md): with no other peer to take pieces from, the
+    # seeder's slowed connection must lift after its grace and the release land.
+    v2 = swarm.v1_installed_then_v2(tmp_path)
+    settings = (
+        '{"fabmurder_seeder_hold": 1, "fabmurder_seeder_rate": 1024, "fabmurder_seeder_grace": 1}'
+    )
+    code, err = swarm.peer(v2, 0, extra=("--stripe", "0/2", "--settings", settings))
+    assert code == 0, err
+    same_tree(tmp_path / "v2", swarm.dest(0) / "v2")

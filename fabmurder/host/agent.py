@@ -37,6 +37,8 @@ LISTEN_TIMEOUT = 10.0
 REANNOUNCE_INTERVAL = 10.0
 #: how often it retries while the tracker does not answer
 REANNOUNCE_RETRY = 2.0
+#: --settings keys with this prefix are the agent's own lab switches, not libtorrent's
+EXPERIMENT_PREFIX = "fabmurder_"
 #: libtorrent's request unit: every block is 16 KiB except a piece's last one
 BLOCK_SIZE = 16 * 1024
 
@@ -172,6 +174,8 @@ class Agent:
         #: the tracker's last announce or scrape failed; when to announce next
         self.tracker_lost = False
         self.next_announce = time.monotonic() + REANNOUNCE_INTERVAL
+        #: lab switches from --settings (keys starting EXPERIMENT_PREFIX), see transfer.SeederHold
+        self.experiments: dict[str, Any] = {}
         #: progress reports to the tracker, when the control side asked for them
         self.reporter: Reporter | None = None
         report_id = getattr(args, "report_id", None)
@@ -218,6 +222,9 @@ class Agent:
             queues = profile.request_queues(self.meta.size, self.meta.lengths)
         # --settings (murder.libtorrent) still has the last word.
         overrides = {**queues, **profile.parse_overrides(args.settings)}
+        # Lab switches of the agent itself ride the same JSON, never reaching libtorrent.
+        for key in [k for k in overrides if k.startswith(EXPERIMENT_PREFIX)]:
+            self.experiments[key] = overrides.pop(key)
         pack = profile.settings(args.bind, args.port, overrides)
         pack.update(
             profile.rate_limits(args.upload_rate_limit, getattr(args, "download_rate_limit", 0))
@@ -337,9 +344,15 @@ class Agent:
             return
         seeder, peers = self.transfer.totals()
         self.status.update(from_seeder=seeder, from_peers=peers)
-        # After remove_torrent (while closing) the handle no longer answers.
+        # After remove_torrent (while closing) the handle no longer answers; it can
+        # stop answering between is_valid() and status() (libtorrent raises then).
+        st = None
         if self.handle is not None and self.handle.is_valid():
-            st = self.handle.status()
+            try:
+                st = self.handle.status()
+            except RuntimeError:
+                st = None
+        if st is not None:
             self.status.update(
                 done=int(st.total_wanted_done),
                 uploaded=int(st.all_time_upload),

@@ -26,7 +26,7 @@ from fabmurder.tags import validate_tag
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import IO
+    from typing import IO, Any
 
 #: how often a finished peer asks the tracker whether anyone still downloads
 SCRAPE_INTERVAL = 1.0
@@ -148,11 +148,16 @@ def _fetch(agent: Agent, stage: staging.Stage | None, deadline: Deadline) -> int
             agent.meta.num_pieces, *args.stripe, missing=missing, lengths=agent.meta.lengths
         )
         agent.handle.prioritize_pieces(priorities)
+    # Only for a delta: a peer that reused nothing needs every piece, the seeder's too.
+    delta = bool(args.stripe) and stage is not None and stage.reused.bytes > 0
+    hold = SeederHold.start(agent, priorities if delta else None)
     agent.set_state("downloading")
     # torrent_finished_alert first: polling handle.status() is a blocking call into
     # the network thread, so it is asked only once the download says it is done.
     while not (agent.finished and agent.complete()) and not StopFlag.requested:
-        agent.pump()
+        alerts = agent.pump()
+        if hold is not None:
+            hold.step(agent, alerts)
         deadline.check(agent)
     if StopFlag.requested:
         agent.set_state("stopped", error="stopped before the release was installed")
@@ -220,6 +225,74 @@ def stripe_priorities(
             priorities[piece] = STRIPE_PRIORITY
         before += lengths[piece]
     return priorities
+
+
+class SeederHold:
+    """Lab switch (off unless ``fabmurder_seeder_hold`` is in --settings): spare the seeder.
+
+    For a peer that reused part of the release. A delta's pieces are few,
+    and every peer asks the seeder for all of them at once. Held: a peer
+    asks for its own stripe only; once that is
+    in (or ``fabmurder_seeder_hold`` seconds passed), it asks for the rest
+    with the seeder's connection slowed to ``fabmurder_seeder_rate`` bytes
+    per second (a peer class of its own), so the others' stripes come from
+    the others; ``fabmurder_seeder_grace`` seconds later the limit goes,
+    so a dead stripe owner stops no one. Measured in docs/delta.md.
+    """
+
+    def __init__(self, priorities: list[int], stripe: set[int], seconds: float) -> None:
+        self.priorities = priorities
+        self.stripe = stripe
+        self.released_at: float | None = None
+        self.hold_until = time.monotonic() + seconds
+        self.grace = 3.0
+        self.rate = 16 * 1024
+        self.seeder_class: int | None = None
+
+    @classmethod
+    def start(cls, agent: Agent, priorities: list[int] | None) -> SeederHold | None:
+        seconds = agent.experiments.get("fabmurder_seeder_hold")
+        seeder = agent.args.seeder
+        if not seconds or priorities is None or not seeder:
+            return None
+        stripe = {p for p, prio in enumerate(priorities) if prio == STRIPE_PRIORITY}
+        hold = cls(list(priorities), stripe, float(seconds))
+        hold.grace = float(agent.experiments.get("fabmurder_seeder_grace", hold.grace))
+        hold.rate = int(agent.experiments.get("fabmurder_seeder_rate", hold.rate))
+        agent.handle.prioritize_pieces(
+            [STRIPE_PRIORITY if p in stripe else 0 for p in range(len(priorities))]
+        )
+        return hold
+
+    def step(self, agent: Agent, alerts: list[Any]) -> None:
+        import libtorrent as lt  # loaded by open_session already
+
+        now = time.monotonic()
+        for alert in alerts:
+            if isinstance(alert, lt.piece_finished_alert):
+                self.stripe.discard(int(alert.piece_index))
+        if self.released_at is None and (not self.stripe or now >= self.hold_until):
+            self.released_at = now
+            ses = agent.ses
+            self.seeder_class = ses.create_peer_class("seeder")
+            ses.set_peer_class(
+                self.seeder_class,
+                {"label": "seeder", "download_limit": self.rate, "connection_limit_factor": 100},
+            )
+            filt = profile.peer_class_filter()
+            filt.add_rule(agent.args.seeder, agent.args.seeder, 1 << self.seeder_class)
+            ses.set_peer_class_filter(filt)
+            agent.handle.prioritize_pieces(self.priorities)
+        elif (
+            self.seeder_class is not None
+            and self.released_at is not None
+            and now >= self.released_at + self.grace
+        ):
+            agent.ses.set_peer_class(
+                self.seeder_class,
+                {"label": "seeder", "download_limit": 0, "connection_limit_factor": 100},
+            )
+            self.seeder_class = None
 
 
 def parse_stripe(text: str) -> tuple[int, int]:
