@@ -170,7 +170,11 @@ def watch(
 ) -> None:
     """Poll the peers (``watches``: host -> its Watch) until each is installed or failed."""
     s = plan.s
-    deadline = time.monotonic() + s.timeout + GRACE
+    # The agents' own clocks end first: a peer that never got a byte fails after its
+    # first-byte wait (the timeout, plus the start phase), one that got some, after
+    # the timeout from then. This is the backstop for a peer that cannot say so.
+    waited = plan.first_byte_wait
+    deadline = time.monotonic() + waited + GRACE
     swarm: dict[str, object] = {}
     stats: Future[dict[str, object]] | None = None
     stats_polled = 0.0
@@ -202,7 +206,7 @@ def watch(
             if now >= deadline:
                 for w in pending:
                     why = f"{w.report.state}, {w.report.bytes} of {size} bytes"
-                    report.fail(w.report.host, f"timed out after {s.timeout:.0f} s ({why})")
+                    report.fail(w.report.host, f"timed out after {waited:.0f} s ({why})")
                 return
             # Polling slows down on large fleets so the control machine's SSH
             # traffic stays modest: about 200 status reads a second at most.

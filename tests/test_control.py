@@ -23,6 +23,7 @@ from invoke.exceptions import Exit
 import fabmurder
 import fabmurder.tasks as tasks_mod
 from fabmurder import contract, daemons, distribution, pipeline, watch
+from fabmurder import plan as plan_mod
 from fabmurder.config import settings
 from fabmurder.errors import DeployError
 from fabmurder.options import Options
@@ -183,6 +184,7 @@ def test_a_peer_past_its_timeout_fails_naming_its_state_and_bytes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(watch, "GRACE", 0.0)
+    monkeypatch.setattr(plan_mod, "START_WAVE", 0.0)  # no start phase to wait out here
     plan = plan_for(poll_interval=0.05, timeout=0.3)
     stuck = {"status": status("downloading", 250), "alive": True, "error": None}
     script = {h: installed_after(2) for h in PEERS} | {"web2": lambda n: ok(stuck)}

@@ -127,12 +127,16 @@ def test_a_seeder_killed_before_the_peers_hold_every_piece_fails_within_the_time
         run.result(90)
     took = time.monotonic() - killed
     # The timeout must fire: a bound that is the behaviour itself, with generous slack.
-    assert took < timeout + 30, took
+    # A peer that got no byte before the kill waits timeout + 30 s (one wave of starts)
+    # from its own start for its first byte; one that got some, timeout from then.
+    first_byte_wait = timeout + 30
+    assert took < first_byte_wait + 10, took
     failures = caught.value.failures
     assert sorted(failures) == sorted(kit.fleet.host(i).host_string for i in PEERS)
     for reason in failures.values():
         # the agents' own timeout ("12s at 40.6%"), not the control side's later deadline
-        assert re.search(rf"timed out after {timeout}s at [0-9.]+%", reason), reason
+        pattern = rf"timed out after ({timeout}|{first_byte_wait})s at [0-9.]+%"
+        assert re.search(pattern, reason), reason
         assert f"the seeder's agent on {kit.fleet.host(1).host_string}" in reason, reason
     assert "seeder" in str(caught.value) and str(kill_pid) in str(caught.value)
     assert_nothing_left(kit, "sk2", (1, *PEERS))

@@ -323,10 +323,24 @@ class Deadline:
         self.waited = timeout if first_byte_wait is None else first_byte_wait
         self.at = time.monotonic() + self.waited
         self.restarted = False
+        self.looked_at = 0.0
+
+    def received(self, agent: Agent) -> bool:
+        """Return True once any payload byte came from the network (asked once a second).
+
+        libtorrent's session counter, not the agent's tally: the tally credits
+        bytes per verified piece, and a slow first piece may take long to
+        verify. Bytes a tree release found on disk are not payload.
+        """
+        now = time.monotonic()
+        if agent.handle is None or now - self.looked_at < 1.0:
+            return False
+        self.looked_at = now
+        return int(agent.handle.status().total_payload_download) > 0
 
     def check(self, agent: Agent) -> None:
         """Raise MurderError once the deadline has passed (restarted at the first byte)."""
-        if not self.restarted and sum(agent.transfer.totals()) > 0:
+        if not self.restarted and self.received(agent):
             self.restarted = True
             self.at = time.monotonic() + self.timeout
         if time.monotonic() < self.at:
