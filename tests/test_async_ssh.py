@@ -8,23 +8,21 @@ host-key refusals and SFTP to a real home directory. Nothing here is timed.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import resource
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncssh
-import paramiko
 import pytest
 from fabric import Config
 from invoke import Context
 from invoke.exceptions import CommandTimedOut, UnexpectedExit
+from test_known_hosts import count_parsed_lines, write_known_hosts
 
-from fabmurder import known_hosts, releases
+from fabmurder import releases
 from fabmurder.async_ssh import AsyncConnection
 from fabmurder.config import settings
 from fabmurder.errors import ConfigError, HostError
@@ -264,24 +262,8 @@ def test_put_and_get_round_trip_through_a_real_home_directory(
 def test_an_unknown_or_changed_host_key_is_refused_by_real_sshd(
     kit: DeployKit, tmp_path: Path
 ) -> None:
-    other = tmp_path / "other_key"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)],
-        check=True,
-        capture_output=True,
-    )
-    fake = other.with_suffix(".pub").read_text().split()[:2]
     changed, unknown = kit.fleet.host(3), kit.fleet.host(4)
-    lines = []
-    for line in kit.fleet.known_hosts_path.read_text().splitlines():
-        name = line.split()[0]
-        if name == changed.address:
-            line = f"{name} {' '.join(fake)}"
-        elif name == unknown.address:
-            continue
-        lines.append(line)
-    known = tmp_path / "known_hosts"
-    known.write_text("\n".join(lines) + "\n")
+    known = kit.known_hosts_with(tmp_path, changed=3, unknown=4)
     hosts = [changed.host_string, unknown.host_string, kit.fleet.host(2).host_string]
     config = kit.fleet.fabric_config()
     with ConnectionPool(config, known_hosts=(str(known),), backend="asyncssh") as pool:
@@ -300,34 +282,12 @@ def test_an_event_loop_closes_with_its_thread() -> None:
     assert threading.active_count() == before
 
 
-def write_known_hosts(path: Path, count: int) -> list[paramiko.PKey]:
-    """A known_hosts file of ``count`` hosts on port 22, 10.0.x.y, each with its own key."""
-    found = []
-    for i in range(count):
-        blob = paramiko.Message()
-        blob.add_string("ssh-ed25519")
-        blob.add_string(hashlib.sha256(str(i).encode()).digest())
-        found.append(paramiko.Ed25519Key(data=blob.asbytes()))
-    lines = [
-        f"10.0.{i // 256 % 256}.{i % 256} ssh-ed25519 {k.get_base64()}" for i, k in enumerate(found)
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return found
-
-
 def test_a_5000_line_known_hosts_is_read_once_and_each_connection_trusts_its_own_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "known_hosts"
     found = write_known_hosts(path, 5000)
-    parsed: list[str] = []
-    real = known_hosts.HostKeyEntry.from_line
-
-    def counting(line: str, lineno: int | None = None) -> object:
-        parsed.append(line)
-        return real(line, lineno)
-
-    monkeypatch.setattr(known_hosts.HostKeyEntry, "from_line", staticmethod(counting))
+    parsed = count_parsed_lines(monkeypatch)
     with ConnectionPool(Context().config, known_hosts=(str(path),), backend="asyncssh") as pool:
         chosen = list(range(0, 5000, 25))
         conns = [pool.get(f"root@10.0.{i // 256 % 256}.{i % 256}") for i in chosen]

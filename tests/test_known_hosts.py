@@ -44,11 +44,8 @@ def write_known_hosts(path: Path, count: int) -> list[paramiko.PKey]:
     return found
 
 
-def test_a_5000_line_known_hosts_is_read_once_for_a_whole_pool(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "known_hosts"
-    found = write_known_hosts(path, HOSTS)
+def count_parsed_lines(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Spy on known_hosts' line parser: return the list every parsed line is added to."""
     parsed: list[str] = []
     real = known_hosts.HostKeyEntry.from_line
 
@@ -57,6 +54,15 @@ def test_a_5000_line_known_hosts_is_read_once_for_a_whole_pool(
         return real(line, lineno)
 
     monkeypatch.setattr(known_hosts.HostKeyEntry, "from_line", staticmethod(counting))
+    return parsed
+
+
+def test_a_5000_line_known_hosts_is_read_once_for_a_whole_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "known_hosts"
+    found = write_known_hosts(path, HOSTS)
+    parsed = count_parsed_lines(monkeypatch)
     monkeypatch.setattr(paramiko.HostKeys, "load", lambda *a: pytest.fail("HostKeys.load ran"))
     pool = ConnectionPool(Context().config, known_hosts=(str(path),))
     chosen = list(range(0, HOSTS, 25))  # 200 connections

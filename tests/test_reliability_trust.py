@@ -222,24 +222,7 @@ def test_a_host_outside_the_roles_gets_no_peers_from_the_tracker_and_no_pieces_f
 @pytest.fixture
 def known_hosts(kit: DeployKit, tmp_path: Path) -> Path:
     """A copy of the fleet's known_hosts where host 3 has another key and host 4 none."""
-    other = tmp_path / "other_key"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)],
-        check=True,
-        capture_output=True,
-    )
-    fake = other.with_suffix(".pub").read_text().split()[:2]
-    lines = []
-    for line in kit.fleet.known_hosts_path.read_text().splitlines():
-        name = line.split()[0]
-        if name == kit.fleet.host(3).address:
-            line = f"{name} {' '.join(fake)}"
-        elif name == kit.fleet.host(4).address:
-            continue
-        lines.append(line)
-    path = tmp_path / "known_hosts"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return kit.known_hosts_with(tmp_path, changed=3, unknown=4)
 
 
 def test_strict_host_keys_refuse_a_changed_or_unknown_key_and_the_others_still_deploy(

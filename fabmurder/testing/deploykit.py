@@ -197,6 +197,30 @@ class DeployKit:
 
     # -- looking at hosts ------------------------------------------------------
 
+    def known_hosts_with(self, directory: Path, changed: int, unknown: int) -> Path:
+        """Write a copy of the fleet's known_hosts where host ``changed`` has another key.
+
+        Host ``unknown`` is left out. Returns the copy's path in ``directory``.
+        """
+        other = directory / "other_key"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)],
+            check=True,
+            capture_output=True,
+        )
+        fake = other.with_suffix(".pub").read_text().split()[:2]
+        lines = []
+        for line in self.fleet.known_hosts_path.read_text().splitlines():
+            name = line.split()[0]
+            if name == self.fleet.host(changed).address:
+                line = f"{name} {' '.join(fake)}"
+            elif name == self.fleet.host(unknown).address:
+                continue
+            lines.append(line)
+        path = directory / "known_hosts"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
     def sh(self, host: Host | int, script: str, *args: str, check: bool = True) -> str:
         """Run a shell script inside ``host`` (not over SSH) and return its stdout."""
         out = self.fleet.run_in(host, ["sh", "-c", script, "sh", *args], check=check)
