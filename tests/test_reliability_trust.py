@@ -110,7 +110,10 @@ def test_pieces_from_a_lying_peer_fail_their_hash_and_every_peer_ends_byte_ident
     # peer that met the seeder first would never meet the liar beside it.
     liar = 1
     both = {"allow_multiple_connections_per_ip": True}
-    murder = kit.murder((2, 3, 4, 5), upload_rate_limit=150_000, libtorrent=both)
+    # The liar shares the seeder's address, so a peer's last pieces can wait on its
+    # bans and re-requests: the kit's 40 s timeout failed peers at 97-100 % in CI.
+    # What is tested is integrity, not speed; 120 s bounds a peer that is stuck.
+    murder = kit.murder((2, 3, 4, 5), upload_rate_limit=150_000, libtorrent=both, timeout=120)
     c = kit.context({**murder, "tag": "cp1"})
     info = pipeline.create_torrent(c)
     pipeline.start_tracker(c)
