@@ -66,13 +66,18 @@ def start_seed(pool: ConnectionPool, plan: Plan, emit: EventCallback) -> int | N
         pool.get(s.seeder), s, "daemon", "start",
         "--pid-file", s.tmp(contract.pid_file("seed", s.tag)),
         "--log", s.tmp(contract.log_file("seed", s.tag)),
-        "--stdin-file", f"text:{len(plan.allow_text.encode())}:{allow}",
+        *stdin_file("text", plan.allow_text, allow),
         "--", "seed", *args, ok=(0, 3), stdin=plan.allow_text,
     )  # fmt: skip
     running = "already seeding" if data["exit"] == 3 else f"seeding (pid {data.get('pid')})"
     emit(Event("host", running, s.seeder, {"ok": True}))
     pid = data.get("pid")
     return pid if isinstance(pid, int) else None
+
+
+def stdin_file(encoding: str, text: str, path: str) -> list[str]:
+    """Return the ``--stdin-file ENCODING:BYTES:PATH`` option that lands ``text`` at ``path``."""
+    return ["--stdin-file", f"{encoding}:{len(text.encode())}:{path}"]
 
 
 def place_files(s: Settings, torrent: Path, allow: str) -> tuple[str, list[str], str]:
@@ -90,9 +95,9 @@ def place_files(s: Settings, torrent: Path, allow: str) -> tuple[str, list[str],
     assert s.destination_path
     encoded = base64.b64encode(torrent.read_bytes()).decode("ascii")
     files = [
-        "--stdin-file", f"base64:{len(encoded)}:{s.tmp(contract.torrent(s.tag))}",
-        "--stdin-file", f"text:{len(allow.encode())}:{s.tmp(contract.allow_file('peer', s.tag))}",
-    ]  # fmt: skip
+        *stdin_file("base64", encoded, s.tmp(contract.torrent(s.tag))),
+        *stdin_file("text", allow, s.tmp(contract.allow_file("peer", s.tag))),
+    ]
     return f"mkdir -p -- {quote(s.destination_path)}", files, encoded + allow
 
 
