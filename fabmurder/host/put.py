@@ -8,8 +8,7 @@ symlink planted at the name is replaced, never followed, and the content
 (a torrent holds the deploy token) is never on a command line. It prints
 ``{"file", "size"}``.
 
-With ``--bytes N`` it reads exactly ``N`` bytes and leaves the rest of
-stdin to the next command. ``--stdin-file ENCODING:BYTES:PATH`` (repeated)
+``--stdin-file ENCODING:BYTES:PATH`` (repeated)
 lands several files from one stdin in order, each of exactly ``BYTES``
 bytes (``base64`` or ``text``); ``daemon start`` takes the same option, so
 a peer's torrent and allow-list land in the process that starts its agent
@@ -61,7 +60,7 @@ def read_stdin(encoded: bool, count: int | None = None) -> bytes:
     """Return stdin's bytes (``count`` of them when given), decoded from base64 when ``encoded``."""
     if count is not None:
         if not 0 <= count <= MAX_BYTES:
-            raise MurderError(f"put: --bytes must be 0 to {MAX_BYTES}")
+            raise MurderError(f"put: a --stdin-file of {count} bytes; at most {MAX_BYTES}")
         data = read_exactly(count)
     else:
         data = sys.stdin.buffer.read(MAX_BYTES + 1)
@@ -111,7 +110,6 @@ def parser() -> argparse.ArgumentParser:
         help="ENCODING:BYTES:PATH: the next BYTES of stdin (base64 or text) to PATH; repeatable",
     )
     p.add_argument("--base64", action="store_true", help="stdin is base64 text")
-    p.add_argument("--bytes", type=int, help="read exactly this many bytes of stdin")
     return p
 
 
@@ -124,7 +122,7 @@ def main(argv: list[str]) -> int:
         elif args.stdin_file is not None:
             emit({"files": land(args.stdin_file)})
         else:
-            emit(put_file(args.file, read_stdin(args.base64, args.bytes)))
+            emit(put_file(args.file, read_stdin(args.base64)))
         return EXIT_OK
 
     return run(parser(), argv, body)
