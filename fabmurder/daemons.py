@@ -60,7 +60,7 @@ def start_seed(pool: ConnectionPool, plan: Plan, emit: EventCallback) -> int | N
         "--torrent", s.tmp(contract.torrent(s.tag)), "--save-path", s.temp_path,
         "--bind", plan.address(s.seeder), "--port", s.peer_port,
         "--status-file", s.tmp(contract.status_file("seed", s.tag)), "--tag", s.tag,
-        "--allow-file", allow, *rate_args(s, download=False),
+        "--allow-file", allow, "--peers", max(1, len(s.peers)), *rate_args(s, download=False),
     ]  # fmt: skip
     data = run_agent(
         pool.get(s.seeder), s, "daemon", "start",

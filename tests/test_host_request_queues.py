@@ -71,3 +71,47 @@ def test_the_agent_gives_libtorrent_the_deeper_queues_and_murder_libtorrent_stil
     assert applied('{"max_allowed_in_request_queue": 8}') == (128, 8)
     # The agent's own lab switches ride the same JSON and never reach libtorrent.
     assert applied('{"fabmurder_seeder_hold": 5}') == (128, 64)
+
+
+def test_the_seeders_queue_per_peer_falls_with_the_swarm_so_its_total_stays_about_two_peers() -> (
+    None
+):
+    assert profile.seeder_queue(8, 1) == 8
+    assert profile.seeder_queue(8, 2) == 8
+    assert profile.seeder_queue(8, 4) == 4
+    assert profile.seeder_queue(8, 8) == 2
+    # never below the floor, however large the swarm
+    for peers in (16, 64, 1000, 5000):
+        assert profile.seeder_queue(8, peers) == profile.MIN_SEEDER_QUEUE
+    # a tree of small blocks starts deeper and keeps its larger share
+    assert profile.seeder_queue(64, 16) == 8
+    assert profile.seeder_queue(64, 64) == 2
+
+
+def test_a_seeder_told_the_swarms_size_advertises_its_smaller_queue_and_murder_libtorrent_wins(
+    tmp_path: Path,
+) -> None:
+    payload = tmp_path / "data.bin"
+    payload.write_bytes(random.Random(5).randbytes(512 * 1024))
+    torrent = tmp_path / "t.torrent"
+    metainfo.create(str(payload), str(torrent), "http://127.0.0.1:1/announce", 64 * 1024)
+    meta = metainfo.read(str(torrent))
+
+    def advertised(role: str, peers: int | None, settings: str | None = None) -> int:
+        args = argparse.Namespace(
+            bind="127.0.0.1", port=0, settings=settings, upload_rate_limit=0, allow=[],
+            save_path=str(tmp_path), status_file=str(tmp_path / f"{role}.json"), peers=peers,
+        )  # fmt: skip
+        agent = Agent(role, args, meta)
+        agent.open_session()
+        try:
+            return int(agent.ses.get_settings()["max_allowed_in_request_queue"])
+        finally:
+            agent.close()
+
+    depth = profile.DATACENTER["max_allowed_in_request_queue"]
+    assert advertised("seed", None) == depth
+    assert advertised("seed", 64) == profile.seeder_queue(depth, 64) < depth
+    # a peer's queue is for the other peers: the swarm's size leaves it alone
+    assert advertised("peer", 64) == depth
+    assert advertised("seed", 64, '{"max_allowed_in_request_queue": 6}') == 6

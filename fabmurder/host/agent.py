@@ -220,6 +220,11 @@ class Agent:
         queues = {}
         if self.meta.lengths is not None:
             queues = profile.request_queues(self.meta.size, self.meta.lengths)
+        peers = getattr(args, "peers", None)
+        if self.role == "seed" and peers:
+            name = "max_allowed_in_request_queue"
+            depth = int(queues.get(name, profile.DATACENTER[name]))
+            queues = {**queues, name: profile.seeder_queue(depth, peers)}
         # --settings (murder.libtorrent) still has the last word.
         overrides = {**queues, **profile.parse_overrides(args.settings)}
         # Lab switches of the agent itself ride the same JSON, never reaching libtorrent.

@@ -435,6 +435,13 @@ def parser(role: str) -> argparse.ArgumentParser:
         default=None,
         help="report progress to the tracker under this id (letters, digits, '-')",
     )
+    if role == "seed":
+        p.add_argument(
+            "--peers",
+            type=int,
+            default=None,
+            help="the swarm's peer count: sizes the seeder's request queue (profile.seeder_queue)",
+        )
     if role == "peer":
         p.add_argument("--sha256", required=True)
         p.add_argument("--dest", required=True)
