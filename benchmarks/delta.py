@@ -178,10 +178,12 @@ def rsync_push(fl: Fleet, peers: list[Host], src: str, base: str) -> Any:
     def run() -> dict[str, Any]:
         pushes = " ".join(
             f"rsync -a --delete --link-dest={DEST}/{base} -e '{ssh} -p {h.port}' "
-            f"{src}/ {h.user}@{h.address}:{DEST}/rsync-new/ &"
+            f"{src}/ {h.user}@{h.address}:{DEST}/rsync-new/ & pids=\"$pids $!\";"
             for h in peers
         )
-        out = fl.run_in(fl.hosts[0], ["sh", "-c", f"{pushes} wait; echo done"], timeout=1800)
+        # every push's own exit status: a bare `wait` says 0 even when rsync is missing
+        script = f'pids=""; {pushes} for p in $pids; do wait "$p" || exit 1; done; echo done'
+        out = fl.run_in(fl.hosts[0], ["sh", "-c", script], timeout=1800)
         if "done" not in out.stdout:
             raise RuntimeError(f"rsync push failed: {out.stderr}")
         return {}

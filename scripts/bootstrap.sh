@@ -11,8 +11,9 @@ cd "$(dirname "$0")/.."
 # openssh-*, iproute2, util-linux, procps: the local test fleet (sshd per host, netns, tc, nsenter).
 # iperf3: measures the fleet's rate caps. aria2, opentracker: interoperability tests.
 # python3-venv: the fleet's hosts build their agent venv with Debian's /usr/bin/python3.
+# rsync: the baseline of the delta benchmark (inv bench.delta).
 PACKAGES=(openssh-server openssh-client iproute2 aria2 opentracker iperf3 curl procps psmisc
-          python3-venv util-linux)
+          python3-venv util-linux rsync)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
