@@ -10,7 +10,7 @@ Capistrano's stages (see :mod:`fabmurder.hooks`)::
     distributed
     publishing    -> rolling.publish (batches, health check, revert)
     published
-    finishing     -> switching.cleanup_on
+    finishing     -> switching.cleanup_on (on the layouts the switches listed)
     finished
     (failed, on any error; then the error goes on)
     unlock, however the run ended (Ctrl-C included)
@@ -30,7 +30,7 @@ from fabmurder import distribution, lock, rolling, shared
 from fabmurder.config import Settings, murder_tree, settings
 from fabmurder.errors import MurderError
 from fabmurder.hooks import REGISTRY, Hooks, RunContext, from_config
-from fabmurder.layout import Layout
+from fabmurder.layout import HostReleases, Layout
 from fabmurder.options import Options
 from fabmurder.remote import open_pool
 from fabmurder.report import DeployReport, EventCallback, ignore
@@ -118,13 +118,15 @@ def run(
             registry.run("distributed", ctx, emit)
             if ctx.received:
                 registry.run("publishing", ctx, emit)
+                # each switch lists the host's releases: the cleanup reads no layout again
+                listed: dict[str, HostReleases] = {}
                 rolling.publish(
                     pool, lay, s.tag, ctx.received, emit, batch_size=stages.batch_size,
-                    health_check=stages.health_check, switched=ctx.switched,
+                    health_check=stages.health_check, switched=ctx.switched, listed=listed,
                 )  # fmt: skip
                 registry.run("published", ctx, emit)
                 registry.run("finishing", ctx, emit)
-                ctx.removed = cleanup_on(pool, lay, s.keep_releases, ctx.received, emit)
+                ctx.removed = cleanup_on(pool, lay, s.keep_releases, ctx.received, emit, listed)
             registry.run("finished", ctx, emit)
         except BaseException as exc:
             ctx.error = exc

@@ -170,10 +170,14 @@ def inspect_command(lay: Layout) -> str:
 
 
 def switch_command(lay: Layout, tag: str, record: Revision, token: str | None = None) -> str:
-    """Return the command that points ``current`` at ``releases/<tag>`` and logs it.
+    """Return the command that points ``current`` at ``releases/<tag>``, logs it, and lists.
 
     A new symlink is made beside ``current`` and renamed over it (rename(2)
-    via ``mv -T``), so there is never a moment without ``current``.
+    via ``mv -T``), so there is never a moment without ``current``. After a
+    successful switch it prints the host's releases as
+    :func:`inspect_command` does (read with :func:`parse_inspect`), so the
+    cleanup after a deploy needs no read of its own; the listing never
+    changes the command's exit status, which is the switch's.
     """
     validate_tag(tag)
     tmp = f"{CURRENT}.tmp-{token or secrets.token_hex(6)}"
@@ -183,7 +187,8 @@ def switch_command(lay: Layout, tag: str, record: Revision, token: str | None = 
         f"test -d {target} && ! test -L {target} && "
         f"ln -s -- {target} {tmp} && "
         f"{{ mv -T -- {tmp} {CURRENT} || {{ rm -f -- {tmp}; exit 1; }}; }} && "
-        f"printf '%s\\n' {quote(record.line())} >> {REVISIONS_LOG}"
+        f"printf '%s\\n' {quote(record.line())} >> {REVISIONS_LOG} && "
+        f"{{ {inspect_command(lay)}; true; }}"
     )
 
 

@@ -44,7 +44,7 @@ from fabmurder.options import Options, UntaggedOptions
 from fabmurder.overview import survey
 from fabmurder.remote import open_pool
 from fabmurder.report import DeployReport, Event, EventCallback, ignore
-from fabmurder.switching import cleanup_on, inspect_hosts, publish_on, states, switch
+from fabmurder.switching import cleanup_on, inspect_hosts, previous_of, publish_on, states, switch
 from fabmurder.tags import validate_tag
 from fabmurder.targets import subset
 
@@ -105,7 +105,7 @@ def publish(
     s = settings(c, tag=tag, **options).require("peers", "destination_path")
     lay = Layout.of(s)
     with open_pool(c, s) as pool:
-        return publish_on(pool, lay, tag, subset(s, hosts), action, on_event or ignore)
+        return previous_of(publish_on(pool, lay, tag, subset(s, hosts), action, on_event or ignore))
 
 
 def rollback(
@@ -140,7 +140,7 @@ def rollback(
             emit(Event("host", why, host, {"ok": True}))
         shown = ", ".join(sorted(set(targets.values()))) or "nothing"
         emit(Event("phase", f"rolling back {len(targets)} host(s) to {shown}"))
-        return switch(pool, lay, targets, found, "rollback", emit) if targets else {}
+        return previous_of(switch(pool, lay, targets, found, "rollback", emit)) if targets else {}
 
 
 def cleanup(
@@ -154,7 +154,8 @@ def cleanup(
     """Remove old releases on every peer, keeping the newest ``keep`` and the current one.
 
     Only directories directly under ``destination_path/releases`` are ever
-    removed (never ``destination_path/shared``).
+    removed (never ``destination_path/shared``). Each host's releases are
+    read afresh first (the deploy's cleanup takes them from its switch instead).
 
     :param keep: default ``murder.keep_releases`` (5).
     :returns: host -> the releases removed there.

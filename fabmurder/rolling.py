@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from fabric import Connection
 
 from fabmurder.errors import ConfigError, HealthCheckError
-from fabmurder.layout import Layout
+from fabmurder.layout import HostReleases, Layout
 from fabmurder.remote import ConnectionPool, quote, shell
 from fabmurder.report import Event, EventCallback
-from fabmurder.switching import publish_on, states, switch
+from fabmurder.switching import previous_of, publish_on, states, switch
 
 
 def batch_count(value: object, total: int) -> int:
@@ -69,24 +69,32 @@ def publish(
     batch_size: object = None,
     health_check: str | None = None,
     switched: dict[str, str | None] | None = None,
+    listed: dict[str, HostReleases] | None = None,
 ) -> dict[str, str | None]:
     """Point ``current`` at ``tag`` on ``hosts``, batch by batch, each checked.
 
     :param switched: filled with host -> previous release as hosts switch
         (so a caller sees them even when a later batch fails).
+    :param listed: filled with host -> its releases as its switch listed
+        them, every batch's (the deploy's cleanup acts on them); emptied
+        when a failed check reverts the run.
     :returns: host -> the release ``current`` pointed to before.
     :raises HealthCheckError: after reverting every host switched in this run.
     """
     done = switched if switched is not None else {}
+    after = listed if listed is not None else {}
     groups = batches(list(hosts), batch_count(batch_size, len(hosts)))
     for number, group in enumerate(groups, 1):
         if len(groups) > 1:
             emit(Event("phase", f"batch {number} of {len(groups)}: {', '.join(group)}"))
-        done.update(publish_on(pool, lay, tag, group, "deploy", emit))
+        batch = publish_on(pool, lay, tag, group, "deploy", emit)
+        done.update(previous_of(batch))
+        after.update({host: value.after for host, value in batch.items()})
         failed = check_on(pool, lay, group, health_check) if health_check else {}
         if failed:
             reverted = revert(pool, lay, done, emit)
             done.clear()
+            after.clear()
             raise HealthCheckError(
                 f"the health check failed in batch {number} of {len(groups)}; "
                 f"{len(reverted)} host(s) switched in this run were put back",

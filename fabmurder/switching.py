@@ -4,12 +4,15 @@ These are the steps :mod:`fabmurder.releases` (one call, one pool) and
 :mod:`fabmurder.flow` (the staged deploy, one pool for the whole run)
 share. Each reads the hosts' release layout (:mod:`fabmurder.layout`
 builds the commands), acts, emits one event per host, and raises
-:class:`~fabmurder.errors.DeployError` naming every host that failed.
+:class:`~fabmurder.errors.DeployError` naming every host that failed. A
+switch prints the layout it leaves (:class:`Switched`), which the deploy's
+cleanup takes instead of reading it again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from fabric import Connection
 
@@ -50,6 +53,21 @@ def states(pool: ConnectionPool, lay: Layout, hosts: Iterable[str]) -> dict[str,
     return found.succeeded
 
 
+@dataclass(frozen=True)
+class Switched:
+    """One host's switch: what ``current`` pointed to before, and the layout it left."""
+
+    #: the release (or, when not one, the path) ``current`` pointed to; None: nothing
+    previous: str | None
+    #: the host's releases and ``current`` as the switch command listed them just after
+    after: HostReleases
+
+
+def previous_of(switched: Mapping[str, Switched]) -> dict[str, str | None]:
+    """Return host -> the release ``current`` pointed to before each switch."""
+    return {host: value.previous for host, value in switched.items()}
+
+
 def switch(
     pool: ConnectionPool,
     lay: Layout,
@@ -57,23 +75,24 @@ def switch(
     before: dict[str, HostReleases],
     action: str,
     emit: EventCallback,
-) -> dict[str, str | None]:
-    """Point ``current`` at ``targets[host]`` on each host; return host -> previous release."""
+) -> dict[str, Switched]:
+    """Point ``current`` at ``targets[host]`` on each host; return what each switch did."""
     author, when = who(), now()
 
-    def one(conn: Connection) -> str | None:
+    def one(conn: Connection) -> Switched:
         host = pool.host_of(conn)
         state = before[host]
         previous = state.current or state.current_target
         record = Revision(when, action, targets[host], author, state.current)
-        shell(conn, switch_command(lay, targets[host], record), f"switching current ({action})")
-        return previous
+        command = switch_command(lay, targets[host], record)
+        out = shell(conn, command, f"switching current ({action})")
+        return Switched(previous, parse_inspect(host, lay, out.stdout))
 
     result = pool.fan_out(targets, one)
     for host, reason in result.failed.items():
         emit(Event("host", "failed", host, {"ok": False, "reason": reason}))
     for host, value in result.succeeded.items():
-        was = f" (was {value})" if value else ""
+        was = f" (was {value.previous})" if value.previous else ""
         emit(Event("host", f"current -> {targets[host]}{was}", host, {"ok": True}))
     if result.failed:
         raise DeployError(f"{action} failed on {len(result.failed)} host(s)", result.failed)
@@ -83,7 +102,7 @@ def switch(
 def publish_on(
     pool: ConnectionPool, lay: Layout, tag: str, hosts: Iterable[str], action: str,
     emit: EventCallback,
-) -> dict[str, str | None]:  # fmt: skip
+) -> dict[str, Switched]:  # fmt: skip
     """Point ``current`` at ``tag`` on ``hosts``, or nowhere unless every host holds it."""
     found = states(pool, lay, hosts)
     missing = {
@@ -101,10 +120,29 @@ def publish_on(
 
 
 def cleanup_on(
-    pool: ConnectionPool, lay: Layout, count: int, hosts: Iterable[str], emit: EventCallback
+    pool: ConnectionPool,
+    lay: Layout,
+    count: int,
+    hosts: Iterable[str],
+    emit: EventCallback,
+    listed: Mapping[str, HostReleases] | None = None,
 ) -> dict[str, list[str]]:
-    """Remove all but the ``count`` newest releases and the current one on ``hosts``."""
-    found = states(pool, lay, hosts)
+    """Remove all but the ``count`` newest releases and the current one on ``hosts``.
+
+    :param listed: host -> its layout as already known (the deploy passes
+        what each switch listed, :attr:`Switched.after`); only the hosts
+        missing from it are read. A listing taken at the switch is safe to
+        act on later: the removal command itself skips whatever ``current``
+        points to at the moment it runs (:func:`~fabmurder.layout.remove_command`),
+        so a ``current`` moved since (by a hook, say) is never removed; a
+        release that landed since is not in the listing, so it is kept; one
+        removed since is skipped.
+    """
+    names = list(dict.fromkeys(hosts))
+    given = listed or {}
+    unread = [h for h in names if h not in given]
+    read = states(pool, lay, unread) if unread else {}
+    found = {h: given[h] if h in given else read[h] for h in names}
 
     def remove(conn: Connection) -> list[str]:
         doomed = found[pool.host_of(conn)].removable(count)

@@ -63,6 +63,21 @@ def test_switching_points_current_at_the_release_and_logs_one_line(lay: Layout) 
     ]
 
 
+def test_a_switch_prints_the_layout_it_leaves_and_nothing_when_it_fails(lay: Layout) -> None:
+    out = sh(switch_command(lay, "v2", record("v2")))
+    assert out.returncode == 0, out.stderr
+    after = parse_inspect("h", lay, out.stdout)
+    assert after.current == "v2" and sorted(after.releases) == ["v1", "v2", "v3"]
+    assert [r.tag for r in after.revisions] == ["v2"]  # the line this switch logged
+    fresh = parse_inspect("h", lay, sh(inspect_command(lay)).stdout)
+    assert (after.current, after.releases, after.revisions) == (
+        fresh.current, fresh.releases, fresh.revisions,
+    )  # fmt: skip
+    failed = sh(switch_command(lay, "v9", record("v9")))
+    assert failed.returncode != 0 and failed.stdout == ""
+    assert os.readlink(lay.current) == "releases/v2"
+
+
 def test_a_reader_never_sees_current_missing_while_it_is_switched(lay: Layout) -> None:
     sh(switch_command(lay, "v1", record("v1")))
     stop = threading.Event()
