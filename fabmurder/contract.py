@@ -9,7 +9,7 @@ nothing else). The records that cross SSH (what ``create`` prints, a status
 file, ``finish``'s and ``poll``'s replies) are typed below; the host side
 writes them with :func:`json.dumps` and the control side reads them with
 :func:`parse_reply` and :func:`check_status`, the same checks the host side
-applies to a status file.
+applies to a status file (:func:`parse_poll`, :func:`parse_finish`).
 """
 
 from __future__ import annotations
@@ -65,11 +65,18 @@ if TYPE_CHECKING:
         reason: str
         pid_file: str
 
+    class FinalStatus(TypedDict):
+        """An agent's status file as ``finish`` read it, after the stop and before the clean."""
+
+        status: StatusRecord | None
+        error: str | None
+
     class FinishReply(TypedDict):
-        """What ``finish`` prints."""
+        """What ``finish`` prints; ``statuses`` (role -> its agent's last status) with ``--tag``."""
 
         stopped: list[StopRecord]
         clean: dict[str, Any] | None
+        statuses: NotRequired[dict[str, FinalStatus]]
         error: NotRequired[str]
 
     class PollReply(TypedDict):
@@ -311,3 +318,41 @@ def parse_poll(stdout: str) -> PollReply:
         "alive": reply["alive"],
         "error": error if isinstance(error, str) else None,
     }
+
+
+def parse_finish(stdout: str) -> FinishReply:
+    """Return ``finish``'s reply, each agent status in it checked as a status file is.
+
+    Empty output is the reply of a host without the agent (``test -x ... ||
+    exit 0``): nothing was stopped there, and no status was read.
+
+    :raises StatusError: when the reply is garbled: no JSON object, stop
+        records that are not a list of objects, or a status that is not one.
+    """
+    reply = parse_reply(stdout)
+    if reply is None:
+        if stdout.strip():
+            raise StatusError(f"finish printed no reply: {stdout.strip()[-200:]!r}")
+        return {"stopped": [], "clean": None}
+    stopped, clean = reply.get("stopped"), reply.get("clean")
+    if not isinstance(stopped, list) or not all(isinstance(r, dict) for r in stopped):
+        raise StatusError("finish printed no list of stop records")
+    out: FinishReply = {"stopped": stopped, "clean": clean if isinstance(clean, dict) else None}
+    if isinstance(reply.get("error"), str):
+        out["error"] = reply["error"]
+    statuses = reply.get("statuses")
+    if statuses is None:
+        return out
+    if not isinstance(statuses, dict):
+        raise StatusError("finish printed statuses that are not an object")
+    out["statuses"] = {}
+    for role, final in statuses.items():
+        if role not in AGENT_ROLES or not isinstance(final, dict):
+            raise StatusError(f"finish printed a status of {str(role)[:40]!r} that is not one")
+        status, error = final.get("status"), final.get("error")
+        record = None if status is None else check_status(status)
+        if record is not None and record["role"] != role:
+            raise StatusError(f"finish printed a {record['role']} status as the {role}'s")
+        why = error if isinstance(error, str) else None
+        out["statuses"][role] = {"status": record, "error": why}
+    return out

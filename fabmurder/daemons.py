@@ -14,7 +14,7 @@ import base64
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from fabric import Connection
 
@@ -141,6 +141,78 @@ def _remove_upload(s: Settings, tag: str) -> str:
     return "rm -rf -- " + " ".join(quote(s.tmp(name)) for name in contract.upload(tag))
 
 
+def finish_on(
+    pool: ConnectionPool,
+    s: Settings,
+    roles: Mapping[str, list[str]],
+    tag: str | None,
+    *,
+    clean: bool = False,
+) -> HostResults[FinishReply]:
+    """Run ``finish`` on each host for its ``roles`` (of release ``tag``, or all); return its reply.
+
+    One SSH command and one host-side process per host; with ``clean``
+    (needs ``tag``) the release's temp files and upload go too. With
+    ``tag``, each reply holds the last status of the host's seed and peer
+    agents, read after their stop (:func:`fabmurder.contract.parse_finish`).
+    A host whose ``finish`` exits non-zero or prints a garbled reply is a
+    failure (a :class:`~fabmurder.errors.HostError` in the result).
+    """
+
+    def finish(conn: Connection) -> FinishReply:
+        """Stop (and clean) on one host; return its reply."""
+        host = pool.host_of(conn)
+        args: list[object] = ["--temp-path", s.temp_path]
+        for role in roles[host]:
+            args += ["--role", role]
+        args += ["--tag", tag] if tag else []
+        command = f"test -x {quote(s.agent_python)} || exit 0; "
+        command += agent_command(s, "finish", *args, *(["--clean"] if clean else []))
+        if clean and tag:
+            command += f" && {_remove_upload(s, tag)}"
+        result = conn.run(command, timeout=120, **QUIET)
+        what = "/".join(roles[host])
+        if result.exited != 0:
+            error = (contract.parse_reply(result.stdout) or {}).get("error")
+            why = error if isinstance(error, str) else failure_reason(result)
+            raise HostError(host, f"finish {what}: {why}")
+        try:
+            return contract.parse_finish(result.stdout)
+        except contract.StatusError as exc:
+            raise HostError(host, f"finish {what}: {exc}") from exc
+
+    return pool.fan_out(roles, finish)
+
+
+def stopped(
+    replies: HostResults[FinishReply],
+    roles: Mapping[str, list[str]],
+    emit: EventCallback,
+    *,
+    clean: bool = False,
+    quiet: bool = False,
+) -> HostResults[list[StopRecord]]:
+    """Emit one event per host of what ``finish`` stopped there; return each host's stop records.
+
+    :param quiet: mark the "stopped" events as routine news.
+    """
+    result: HostResults[list[StopRecord]] = HostResults()
+    for host, value in replies.items():
+        what = " or ".join(roles[host])
+        if isinstance(value, BaseException):
+            result[host] = value
+            message = f"could not stop {what}" + (" or clean up" if clean else "")
+            emit(Event("host", message, host, {"ok": False, "reason": failure_reason(value)}))
+            continue
+        records = result[host] = list(value["stopped"])
+        names = [
+            f"{Path(r['pid_file'] or '?').name} pid {r['pid']}" for r in records if r.get("stopped")
+        ]
+        message = f"stopped {', '.join(names)}" if names else f"no {what} running"
+        emit(Event("host", message, host, {"ok": True, "stopped": records, "quiet": quiet}))
+    return result
+
+
 def stop_daemons(
     pool: ConnectionPool,
     s: Settings,
@@ -153,44 +225,13 @@ def stop_daemons(
 ) -> HostResults[list[StopRecord]]:
     """Stop the daemons of each host's ``roles`` (of release ``tag``, or all) by their PID files.
 
-    One SSH command and one host-side process per host (``finish``); with
-    ``clean`` (needs ``tag``) the release's temp files and upload go too.
+    :func:`finish_on`, then :func:`stopped`'s events.
 
     :param quiet: mark the per-host "stopped" events as routine news.
     :returns: per host, ``finish``'s stop records.
     """
-
-    def finish(conn: Connection) -> list[StopRecord]:
-        """Stop (and clean) on one host; return the stop records."""
-        host = pool.host_of(conn)
-        args: list[object] = ["--temp-path", s.temp_path]
-        for role in roles[host]:
-            args += ["--role", role]
-        args += ["--tag", tag] if tag else []
-        command = f"test -x {quote(s.agent_python)} || exit 0; "
-        command += agent_command(s, "finish", *args, *(["--clean"] if clean else []))
-        if clean and tag:
-            command += f" && {_remove_upload(s, tag)}"
-        result = conn.run(command, timeout=120, **QUIET)
-        reply = cast("FinishReply", contract.parse_reply(result.stdout) or {})
-        if result.exited != 0:
-            why = reply.get("error") or failure_reason(result)
-            raise HostError(host, f"finish {'/'.join(roles[host])}: {why}")
-        return list(reply.get("stopped") or [])
-
-    result = pool.fan_out(roles, finish)
-    for host, value in result.items():
-        what = " or ".join(roles[host])
-        if isinstance(value, BaseException):
-            message = f"could not stop {what}" + (" or clean up" if clean else "")
-            emit(Event("host", message, host, {"ok": False, "reason": failure_reason(value)}))
-            continue
-        names = [
-            f"{Path(r['pid_file'] or '?').name} pid {r['pid']}" for r in value if r.get("stopped")
-        ]
-        message = f"stopped {', '.join(names)}" if names else f"no {what} running"
-        emit(Event("host", message, host, {"ok": True, "stopped": value, "quiet": quiet}))
-    return result
+    replies = finish_on(pool, s, roles, tag, clean=clean)
+    return stopped(replies, roles, emit, clean=clean, quiet=quiet)
 
 
 def clean(

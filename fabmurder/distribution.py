@@ -21,13 +21,13 @@ from fabmurder import contract, daemons, peers, tracker_control
 from fabmurder.config import Settings
 from fabmurder.errors import HostError, MurderError
 from fabmurder.plan import Plan, make_plan
-from fabmurder.remote import ConnectionPool, failure_reason, run_agent, sftp_path
+from fabmurder.remote import ConnectionPool, HostResults, failure_reason, run_agent, sftp_path
 from fabmurder.report import DeployReport, Event, EventCallback, HostReport, ignore
 from fabmurder.upload import upload_local
-from fabmurder.watch import Watch, watch
+from fabmurder.watch import Verdict, Watch, watch
 
 if TYPE_CHECKING:
-    from fabmurder.contract import CreateInfo
+    from fabmurder.contract import CreateInfo, FinishReply
 
 
 def create(pool: ConnectionPool, plan: Plan, emit: EventCallback) -> CreateInfo:
@@ -79,13 +79,21 @@ def start_peers(
 
 
 def wait(
-    pool: ConnectionPool, plan: Plan, watches: dict[str, Watch], report: DeployReport
+    pool: ConnectionPool,
+    plan: Plan,
+    watches: dict[str, Watch],
+    report: DeployReport,
+    verdict: Verdict = "poll",
 ) -> str | None:
-    """Wait for the started peers to install the release or fail; return a dead seeder's story."""
+    """Wait for the started peers to install the release or fail; return a dead seeder's story.
+
+    :param verdict: the watch's (:data:`fabmurder.watch.Verdict`): ``"finish"``
+        only where :func:`finish` and :func:`fabmurder.peers.confirm` follow.
+    """
     if not watches:
         return None
     report.phase(f"downloading on {len(watches)} peer(s)")
-    watch(pool, plan, watches, report.size, report)
+    watch(pool, plan, watches, report.size, report, verdict=verdict)
     return seeder_loss(pool, plan, report)
 
 
@@ -116,13 +124,15 @@ def seeder_loss(pool: ConnectionPool, plan: Plan, report: DeployReport) -> str |
 
 def finish(
     pool: ConnectionPool, plan: Plan, hosts: list[str], report: DeployReport, quiet: bool
-) -> str | None:
+) -> tuple[HostResults[FinishReply], str | None]:
     """Stop seeding and peering on ``hosts``, clean the temp files and deregister; never raises.
 
     :param quiet: after a normal end a summary will do; after an
         interruption every stop is news.
-    :returns: why the tracker still serves the release (removing it from the
-        allow-list failed), or None. A stop or clean-up that fails is a warning.
+    :returns: each host's ``finish`` reply (with its agents' last status),
+        or why it failed; and why the tracker still serves the release
+        (removing it from the allow-list failed), or None. A stop or
+        clean-up that fails is a warning.
     """
     s = plan.s
     report.phase("stopping seeding and peering, cleaning temp files")
@@ -131,6 +141,7 @@ def finish(
         if host:
             roles.setdefault(host, []).append(role)
     info_hash = report.info_hash
+    replies: HostResults[FinishReply] = HostResults()
     try:
         # One command per host stops its agents and removes the release's temp
         # files, beside the tracker's deregistration: each SSH round trip that
@@ -140,9 +151,8 @@ def finish(
                 side.submit(tracker_control.deregister, pool, s, info_hash) if info_hash else None
             )
             try:
-                result = daemons.stop_daemons(
-                    pool, s, roles, s.tag, report.emit, clean=True, quiet=quiet
-                )
+                replies = daemons.finish_on(pool, s, roles, s.tag, clean=True)
+                result = daemons.stopped(replies, roles, report.emit, clean=True, quiet=quiet)
                 records = [r for value in result.succeeded.values() for r in value]
                 report.phase(f"stopped {sum(1 for r in records if r.get('stopped'))} daemon(s)")
             except MurderError as exc:
@@ -151,8 +161,8 @@ def finish(
                 deregistering.result()
     except MurderError as exc:
         # The deploy token would still open the swarm: the run must not pass.
-        return failure_reason(exc)
-    return None
+        return replies, failure_reason(exc)
+    return replies, None
 
 
 def distribute(
@@ -198,13 +208,15 @@ def distribute(
         watches = start_peers(pool, plan, hosts, info["sha256"], report) if hosts else {}
         report.phase("seeding")
         daemons.start_seed(pool, plan, report.emit)
-        seeder_lost = wait(pool, plan, watches, report)
+        # finish reads every peer's last status: the feed's word that one installed is enough here
+        seeder_lost = wait(pool, plan, watches, report, verdict="finish")
     except KeyboardInterrupt:
         report.emit(Event("warning", "interrupted: stopping every agent this run started"))
         interrupted = True
         raise
     finally:
         reachable = [h for h in hosts if not (h in watches and watches[h].lost)]
-        still_served = finish(pool, plan, reachable, report, quiet=not interrupted)
+        replies, still_served = finish(pool, plan, reachable, report, quiet=not interrupted)
+        peers.confirm(watches, replies, report)
     report.seconds = time.monotonic() - began
     return peers.judge(plan, report, seeder_lost, still_served)

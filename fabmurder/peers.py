@@ -2,18 +2,26 @@
 
 :func:`distribute_files` and :func:`peer_download` (in
 :mod:`fabmurder.pipeline`) share both, so they refuse, report, install and
-judge with the same events and the same messages.
+judge with the same events and the same messages. ``distribute_files``
+first confirms each peer the tracker reported installed from that peer's
+``finish`` reply (:func:`confirm`), so that :func:`judge` counts it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from fabmurder.errors import DeployError, HostError
 from fabmurder.install import install_agent
 from fabmurder.plan import Plan
-from fabmurder.remote import ConnectionPool
+from fabmurder.remote import ConnectionPool, HostResults, failure_reason
 from fabmurder.report import DeployReport
+from fabmurder.watch import Watch, apply_status, verdict_event
+
+if TYPE_CHECKING:
+    from fabmurder.contract import FinishReply
 
 
 def prepare(
@@ -39,6 +47,43 @@ def prepare(
             raise HostError(host, f"installing the agent failed: {reason}")
         report.fail(host, f"installing the agent failed: {reason}")
     return [h for h in plan.s.peers if not report.hosts[h].finished]
+
+
+def confirm(
+    watches: Mapping[str, Watch], replies: HostResults[FinishReply], report: DeployReport
+) -> None:
+    """Give each peer the watch took as installed on the tracker's word its verdict.
+
+    The verdict is the peer agent's last status, which ``finish`` read
+    after stopping it (``replies``: host -> its reply, or why it failed),
+    applied as a poll's is (:func:`fabmurder.watch.apply_status`): its
+    report's times, counters and CPU come from it. A peer whose status does
+    not say installed, whose ``finish`` failed or printed no status, or that
+    ``finish`` did not reach, fails, with an event.
+    """
+    now = time.monotonic()
+    for host, w in watches.items():
+        if not w.provisional:
+            continue
+        w.provisional = False
+        value = replies.get(host)
+        if value is None:
+            why = "finish did not run there"
+        elif isinstance(value, BaseException):
+            why = failure_reason(value)
+        elif (final := value.get("statuses", {}).get("peer")) is None:
+            why = "finish printed no status of the peer agent"
+        elif (status := final["status"]) is None:
+            why = final["error"] or "its status file could not be read"
+        else:
+            apply_status(w, {"status": status, "alive": False, "error": None}, now)
+            if w.report.ok:
+                report.emit(verdict_event(w.report))
+                continue
+            says = status["state"] + (f": {status['error']}" if status["error"] else "")
+            report.fail(host, f"the tracker reported it installed, but its status says {says}")
+            continue
+        report.fail(host, f"could not confirm the install: {why}")
 
 
 def judge(

@@ -290,7 +290,8 @@ def peer_download(
         report.size = int(digest.get("size") or 0)
         if hosts:
             watches = distribution.start_peers(pool, plan, hosts, report.sha256, report)
-            seeder_lost = distribution.wait(pool, plan, watches, report)
+            # no finish follows (the peers keep seeding): each peer's own status is its verdict
+            seeder_lost = distribution.wait(pool, plan, watches, report, verdict="poll")
         else:
             seeder_lost = None
     report.seconds = time.monotonic() - began

@@ -6,6 +6,17 @@ them all through one long poll of the tracker's ``/progress``
 it is done, failed or stopped, when the tracker lost its reports, or while
 it has not reported at all. Without a feed, every peer is polled.
 
+Who gives an installed peer its verdict is the caller's explicit choice
+(:data:`Verdict`). ``"poll"``: its own status, read over SSH as above.
+``"finish"`` (``distribute``, whose ``finish`` reads every peer's status
+anyway): a peer the feed reports installed is taken as installed
+*provisionally* (:attr:`Watch.provisional`), with no read of its own, and
+the caller must confirm it from ``finish``'s reply
+(:func:`fabmurder.peers.confirm`); until then it is not ``ok`` in the
+report. A peer the feed reports failed, stopped or silent is still read
+over SSH, for its reason and log tail, and without a feed every peer is
+polled, whichever the verdict.
+
 Each peer is read through the host command ``poll`` (its status file,
 checked by the host contract's parser, and whether its agent's PID file
 still names a live process of ours). A poll waits on the host for the
@@ -25,7 +36,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from fabric import Connection
 
@@ -58,6 +69,8 @@ STATS_INTERVAL = 1.0
 FAST_POLL = 0.1
 #: with a feed, a peer the tracker has not heard from is read over SSH this often
 UNHEARD = 5.0
+#: who says a peer installed: its status read by ``poll``, or (with a feed) ``finish``'s reply
+Verdict = Literal["poll", "finish"]
 
 
 @dataclass
@@ -85,6 +98,14 @@ class Watch:
     heard: float = 0.0
     due: bool = False
     silent: bool = False
+    #: with the verdict "finish": the feed reported it installed, and the watch
+    #: took its word; the report says so only once finish's reply confirms it
+    provisional: bool = False
+
+    @property
+    def settled(self) -> bool:
+        """Return True once the watch has nothing more to learn of this peer."""
+        return self.provisional or self.report.finished
 
     def next_poll(self, interval: float, size: int, fast: float = FAST_POLL) -> float:
         """Return when to poll this peer next: sooner when it should be about done.
@@ -166,9 +187,20 @@ def apply_status(w: Watch, reply: PollReply, now: float) -> bool:
 
 
 def watch(
-    pool: ConnectionPool, plan: Plan, watches: Mapping[str, Watch], size: int, report: DeployReport
+    pool: ConnectionPool,
+    plan: Plan,
+    watches: Mapping[str, Watch],
+    size: int,
+    report: DeployReport,
+    *,
+    verdict: Verdict = "poll",
 ) -> None:
-    """Poll the peers (``watches``: host -> its Watch) until each is installed or failed."""
+    """Follow the peers (``watches``: host -> its Watch) until each is installed or failed.
+
+    :param verdict: ``"finish"`` to take the feed's word for an installed
+        peer, provisionally (see the module docstring): the caller then owes
+        each :attr:`Watch.provisional` peer its confirmation.
+    """
     s = plan.s
     # The agents' own clocks end first: a peer that never got a byte fails after its
     # first-byte wait (the timeout, plus the start phase), one that got some, after
@@ -191,15 +223,15 @@ def watch(
         while True:
             now = time.monotonic()
             for w in watches.values():
-                if not w.report.finished:
+                if not w.settled:
                     _collect(pool, s, w, now, report)
             if feed is not None and following is not None and following.done():
-                feed = _follow(feed, following, watches, now, report)
+                feed = _follow(feed, following, watches, now, report, verdict)
                 following = None
             if stats is not None and stats.done():
                 swarm = swarm_stats(stats, report.info_hash) or swarm
                 stats = None
-            pending = [w for w in watches.values() if not w.report.finished]
+            pending = [w for w in watches.values() if not w.settled]
             _progress(report, watches, size, feed.swarm if feed else swarm)
             if not pending:
                 return
@@ -262,6 +294,7 @@ def _follow(
     watches: Mapping[str, Watch],
     now: float,
     report: DeployReport,
+    verdict: Verdict = "poll",
 ) -> Feed | None:
     """Take in one answer of the feed; return the feed, or None once it failed."""
     try:
@@ -274,7 +307,7 @@ def _follow(
         return None
     for host, peer in changes.items():
         w = watches.get(host)
-        if w is None or w.report.finished:
+        if w is None or w.settled:
             continue
         w.heard = now
         w.due = w.due or settled(peer)
@@ -283,6 +316,9 @@ def _follow(
         if r.state not in contract.FINAL_STATES:
             r.state, r.bytes = peer["state"], peer["done"]
             r.from_seeder, r.from_peers = peer["from_seeder"], peer["from_peers"]
+        if verdict == "finish" and peer["installed"] and not peer["silent"]:
+            # no poll: finish reads this peer's status anyway, and its reply decides
+            w.provisional, w.due = True, False
     return feed
 
 
@@ -324,21 +360,26 @@ def _collect(pool: ConnectionPool, s: Settings, w: Watch, now: float, report: De
         w.rate = (w.report.bytes - before) / max(now - before_at, 1e-3)
     w.measured = now
     if w.report.finished:
-        r = w.report
-        message = r.state if r.state == "already installed" else "installed"
-        data = {"ok": r.ok, "reason": r.reason, "report": r, "quiet": r.ok}
-        report.emit(Event("host", message if r.ok else "failed", host, data))
+        report.emit(verdict_event(w.report))
+
+
+def verdict_event(r: HostReport) -> Event:
+    """Return the event that tells a peer's verdict: installed (routine news) or failed."""
+    message = r.state if r.state == "already installed" else "installed"
+    data = {"ok": r.ok, "reason": r.reason, "report": r, "quiet": r.ok}
+    return Event("host", message if r.ok else "failed", r.host, data)
 
 
 def _progress(
     report: DeployReport, watches: Mapping[str, Watch], size: int, swarm: dict[str, object]
 ) -> None:
     reports = [w.report for w in watches.values()]
+    done = [w.report.ok or w.provisional for w in watches.values()]
     data = {
-        "done": sum(1 for r in reports if r.ok),
+        "done": sum(done),
         "failed": sum(1 for r in reports if r.reason is not None and not r.ok),
         "total": len(reports),
-        "bytes": sum(size if r.ok else r.bytes for r in reports),
+        "bytes": sum(size if d else r.bytes for r, d in zip(reports, done, strict=True)),
         "bytes_total": size * len(reports),
         "swarm": swarm,
     }

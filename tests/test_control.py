@@ -370,6 +370,223 @@ def test_the_poll_command_answers_at_once_for_a_gone_agent_and_waits_out_a_due_e
     )
 
 
+# -- the verdict from finish's reply ---------------------------------------------------------------
+
+
+def finished(record: dict[str, Any] | None, error: str | None = None) -> dict[str, Any]:
+    """A peer host's ``finish --role peer --tag v1 --clean`` reply, holding ``record``."""
+    stop = {"stopped": True, "pid": 42, "reason": "terminated", "pid_file": "/t/peer-v1.pid"}
+    final = {"status": record, "error": error}
+    return {"stopped": [stop], "clean": {"removed": []}, "statuses": {"peer": final}}
+
+
+def test_finish_replies_are_parsed_with_each_status_checked_as_a_poll_checks_it() -> None:
+    record = status("stopped", RELEASE, installed=True)
+    reply = contract.parse_finish(json.dumps(finished(record)) + "\n")
+    assert reply["statuses"]["peer"] == {"status": record, "error": None}
+    assert reply["stopped"][0]["pid"] == 42
+    assert contract.parse_finish("") == {"stopped": [], "clean": None}  # no agent on the host
+    gone = contract.parse_finish(json.dumps(finished(None, "cannot read status file x")))
+    assert gone["statuses"]["peer"] == {"status": None, "error": "cannot read status file x"}
+    hostile = [
+        ("installed, trust me\n", "finish printed no reply"),
+        (json.dumps({"stopped": "all"}), "no list of stop records"),
+        (json.dumps({**finished(record), "statuses": ["peer"]}), "not an object"),
+        (json.dumps(finished({**record, "done": "all of it"})), "'done' has the wrong type"),
+        (json.dumps(finished({**record, "installed": 1})), "'installed' has the wrong type"),
+        (json.dumps(finished({**record, "role": "seed"})), "a seed status as the peer's"),
+        (json.dumps({"stopped": [], "statuses": {"tracker": {}}}), "'tracker' that is not one"),
+    ]
+    for text, why in hostile:
+        with pytest.raises(contract.StatusError, match=why):
+            contract.parse_finish(text)
+
+
+def test_with_the_finish_verdict_a_peer_reported_installed_is_not_polled_nor_ok_yet() -> None:
+    plan = fed_plan(poll_interval=0.05)
+    reads = iter([progress(3, {f"id-{h}": feed_report("seeding", installed=True) for h in PEERS})])
+
+    def handler(host: str, command: str) -> Result:
+        if " stats " in command:
+            return next(reads, progress(3, {}))
+        raise AssertionError(f"no peer is read over SSH: {command}")
+
+    pool = FakePool(handler)
+    report, watches, events = started(plan)
+    watch.watch(pool, plan, watches, RELEASE, report, verdict="finish")
+    assert pool.commands(" poll ") == []
+    assert all(w.provisional for w in watches.values())
+    assert report.succeeded == [] and report.failures == {h: "unknown" for h in PEERS}
+    assert events[-1].kind == "progress" and events[-1].data["done"] == 3
+    assert not [e for e in events if e.kind == "host"]  # no verdict before finish's reply
+
+
+def confirmed(replies: dict[str, Any]) -> tuple[DeployReport, dict[str, watch.Watch], list[Event]]:
+    """Confirm each of PEERS, taken as installed on the feed's word, from ``replies``."""
+    from fabmurder import peers
+    from fabmurder.remote import HostResults
+
+    report, watches, events = started(plan_for())
+    for w in watches.values():
+        w.provisional = True
+        w.report.state, w.report.bytes = "seeding", RELEASE  # as the feed said
+    results: HostResults[Any] = HostResults(replies)
+    peers.confirm(watches, results, report)
+    return report, watches, events
+
+
+def test_a_peer_the_tracker_reported_installed_fails_when_its_final_status_says_otherwise() -> None:
+    from fabmurder import peers
+    from fabmurder.errors import HostError
+
+    done = {**status("stopped", RELEASE, installed=True), "cpu_seconds": 0.75, "hash_failures": 2}
+    failed = status("failed", 600, error="sha256 mismatch")
+    report, watches, events = confirmed(
+        {
+            "web1": contract.parse_finish(json.dumps(finished(done))),
+            "web2": contract.parse_finish(json.dumps(finished(failed))),
+            "web3": HostError("web3", "finish peer: finish printed no reply: 'ok'"),
+        }
+    )
+    web1 = report.hosts["web1"]
+    assert web1.ok and web1.reason is None
+    # the report's figures are the final status's, as a poll's were
+    assert (web1.seconds, web1.started_at, web1.installed_at) == (2.5, 100.0, 102.5)
+    assert (web1.cpu_seconds, web1.hash_failures, web1.from_seeder) == (0.75, 2, RELEASE)
+    assert report.failures == {
+        "web2": "the tracker reported it installed, but its status says failed: sha256 mismatch",
+        "web3": "could not confirm the install: finish peer: finish printed no reply: 'ok'",
+    }
+    assert report.hosts["web2"].bytes == 600 and not any(w.provisional for w in watches.values())
+    verdicts = {e.host: e.message for e in events if e.kind == "host"}
+    assert verdicts == {"web1": "installed", "web2": "failed", "web3": "failed"}
+    with pytest.raises(DeployError, match="2 of 3 peer"):
+        peers.judge(plan_for(), report)
+    assert peers.judge(plan_for(max_failed_peers=2), report).succeeded == ["web1"]
+
+
+def test_a_peer_finish_did_not_reach_or_that_printed_no_status_is_not_confirmed() -> None:
+    reply = contract.parse_finish(json.dumps({"stopped": [], "clean": None}))
+    unread = contract.parse_finish(json.dumps(finished(None, "cannot read status file x")))
+    report, _, _ = confirmed({"web1": reply, "web2": unread})  # web3: finish never ran
+    assert report.failures == {
+        "web1": "could not confirm the install: finish printed no status of the peer agent",
+        "web2": "could not confirm the install: cannot read status file x",
+        "web3": "could not confirm the install: finish did not run there",
+    }
+    record = status("stopped", RELEASE, installed=True) | {"downloaded_at": None, "from_seeder": 0}
+    report, _, events = confirmed({h: contract.parse_finish(json.dumps(finished(record)))
+                                   for h in PEERS})  # fmt: skip
+    assert {r.state for r in report.hosts.values()} == {"already installed"}
+    assert [e.message for e in events if e.kind == "host"] == ["already installed"] * 3
+
+
+def whole_run(finish_reply: Callable[[str], Result], **murder: Any) -> tuple[FakePool, Context]:
+    """A fake fleet for a whole run: the feed says every peer installed; finish_reply answers."""
+    from fabmurder import install
+
+    c = Context()
+    c.config.murder = {
+        "tracker": "seed1", "seeder": "seed1", "peers": list(PEERS), "tag": "v1",
+        "files_path": "/srv/build", "destination_path": "/srv/app", **murder,
+    }  # fmt: skip
+    digest = install.wheel_set(settings(c)).digest
+    info = {"info_hash": "ab" * 20, "sha256": "cd" * 32, "torrent": "/t/v1.torrent", "size": 9}
+    ids: dict[str, str] = {}
+    lock = threading.Lock()
+    layout: dict[str, list[str]] = {h: ["release\t1.0\tv0"] for h in PEERS}
+
+    def handler(host: str, command: str) -> Result:
+        if command.startswith('printf "addr='):
+            return Result(stdout=f"addr=10.9.9.9 5 10.0.0.{len(host)} 22\nstamp={digest}\n")
+        if "set -C" in command:
+            return Result(stdout="made\n")
+        if " token " in command:
+            return ok({"file": "/t/tracker.token", "token": "tok", "new": False})
+        if " create " in command:
+            return ok(info)
+        if " daemon start " in command and "--report-id " in command:
+            with lock:
+                ids[host] = command.split("--report-id ", 1)[1].split()[0]
+            return ok({"pid": 5})
+        if " stats " in command:
+            changes = {ids[h]: feed_report("seeding", installed=True) for h in ids}
+            return progress(1, changes) if "--while-seq 0" in command else progress(1, {})
+        if " finish " in command:
+            return finish_reply(host) if host != "seed1" else ok({"stopped": [], "clean": {}})
+        if command.startswith("d="):  # the release listing
+            return Result(stdout="\n".join([*layout[host], "release\t2.0\tv1"]) + "\n")
+        if "mv -T -- current.tmp-" in command:
+            lines = ["current\treleases/v1", *layout[host], "release\t2.0\tv1"]
+            return Result(stdout="\n".join(lines) + "\n")
+        if "for t in " in command:  # removing old releases
+            return Result(stdout="v0\n")
+        return ok({"pid": 5})
+
+    return FakePool(handler), c
+
+
+def test_a_whole_run_takes_each_peers_verdict_from_finish_and_polls_none(wheel_dir: Path) -> None:
+    def finish_reply(host: str) -> Result:
+        if host == "web3":
+            return Result(stdout='{"stopped": [], "statuses": {"peer": {"status": "installed"}}}\n')
+        return ok(finished(status("stopped", RELEASE, installed=True)))
+
+    pool, c = whole_run(finish_reply, wheel_dir=str(wheel_dir))
+    with pytest.raises(DeployError) as caught:
+        distribution.distribute(pool, settings(c))
+    assert pool.commands(" poll ") == []
+    report = caught.value.report
+    assert report.succeeded == ["web1", "web2"] and report.hosts["web1"].seconds == 2.5
+    assert list(report.failures) == ["web3"]
+    assert report.failures["web3"].startswith("could not confirm the install: finish peer: ")
+
+
+def test_a_deploy_publishes_only_confirmed_peers_and_cleans_up_on_the_switchs_listing(
+    wheel_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fabmurder import flow
+
+    def finish_reply(host: str) -> Result:
+        installed = host != "web2"
+        state = "stopped" if installed else "failed"
+        return ok(finished(status(state, RELEASE, installed=installed, error=None)))
+
+    pool, c = whole_run(finish_reply, wheel_dir=str(wheel_dir), max_failed_peers=1,
+                        keep_releases=1)  # fmt: skip
+    monkeypatch.setattr(flow, "open_pool", lambda c, s: pool)
+    deployed = flow.run(c)
+    assert deployed.report.failures == {
+        "web2": "the tracker reported it installed, but its status says failed"
+    }
+    assert pool.commands(" poll ") == []
+    assert pool.commands("mv -T -- current.tmp-") == ["web1", "web3"]  # web2 is never switched
+    # one listing per switched host (publish's check), none for the cleanup
+    assert sorted(pool.commands('find "$d/releases/"')) == ["web1", "web1", "web3", "web3"]
+    assert sorted(pool.commands("for t in ")) == ["web1", "web3"]
+    assert deployed.removed == {"web1": ["v0"], "web3": ["v0"]}
+
+
+def test_cleanup_acts_on_the_listing_it_is_given_and_reads_only_the_hosts_missing_from_it() -> None:
+    from fabmurder.layout import Layout, parse_inspect
+    from fabmurder.switching import cleanup_on
+
+    lay = Layout("/srv/app")
+    lines = "current\treleases/v3\nrelease\t1\tv1\nrelease\t2\tv2\nrelease\t3\tv3\n"
+
+    def handler(host: str, command: str) -> Result:
+        if command.startswith("d="):
+            return Result(stdout=lines)
+        return Result(stdout="v1\n" if "for t in " in command else "")
+
+    pool = FakePool(handler)
+    listed = {"web1": parse_inspect("web1", lay, lines)}
+    removed = cleanup_on(pool, lay, 2, ["web1", "web2"], lambda e: None, listed)
+    assert removed == {"web1": ["v1"], "web2": ["v1"]}
+    assert pool.commands("find ") == ["web2"]  # web1's listing came from its switch
+    assert all("for t in v1;" in c for _, c in pool.log if "for t in " in c)
+
+
 # -- the daemons --------------------------------------------------------------------------------
 
 

@@ -234,6 +234,28 @@ def test_finish_stops_the_roles_agents_of_one_tag_and_cleans_its_files(tmp_path:
     assert daemon.proc_starttime(other) is None or daemon._is_zombie(other)
 
 
+def test_finish_returns_each_agents_last_status_read_before_the_clean_removes_it(
+    tmp_path: Path,
+) -> None:
+    temp = tmp_path / "tmp"
+    populate(temp)
+    (temp / "peer-v1.pid").unlink()  # the peer agent has ended by itself
+    result = fab(
+        "finish", "--temp-path", str(temp), "--role", "seed", "--role", "peer",
+        "--tag", "v1", "--clean",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["statuses"]["peer"] == {"status": _status_doc(), "error": None}
+    assert out["statuses"]["seed"]["status"] is None
+    assert "cannot read status file" in out["statuses"]["seed"]["error"]
+    assert "peer-v1.status.json" in out["clean"]["removed"]
+    assert not (temp / "peer-v1.status.json").exists()
+    # without --tag (a stop task) no status is read
+    untagged = json.loads(fab("finish", "--temp-path", str(temp), "--role", "peer").stdout)
+    assert "statuses" not in untagged
+
+
 def test_finish_picks_pid_files_by_role_and_tag_only(tmp_path: Path) -> None:
     names = ["tracker.pid", "peer-v1.pid", "peer-v1.2.pid", "seed-v1.pid", "peer-v1.log",
              "peer-v1.pid.tmp-ab12", "notes.pid", "peer-v1.status.json"]  # fmt: skip

@@ -9,6 +9,13 @@ while any agent of that release still runs. Prints one JSON object:
 ``{"stopped": [records], "clean": {...} or null}``, each record with its
 ``pid_file``; when the clean-up fails, the object also holds ``error`` (the
 sentence on stderr) and the exit code is 1.
+
+With ``--tag``, the object also holds ``statuses``: for each seed or peer
+``--role``, that agent's status file as it was left once the agent was
+stopped and before the clean-up removed it (``{"status": <status> | null,
+"error"}``, read and checked as ``poll`` reads it). The control side takes
+a peer's verdict from it: the tracker's word that a peer installed is
+confirmed here, with no ``poll`` of its own.
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from fabmurder.contract import AGENT_ROLES, StatusError, status_file
 from fabmurder.errors import MurderError
-from fabmurder.host import clean, daemon
+from fabmurder.host import clean, daemon, statusfile
 from fabmurder.host.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, emit, fail, run
 from fabmurder.tags import validate_tag
 
@@ -58,12 +66,27 @@ def finish(
     for path in pid_files(temp_path, roles, tag):
         stopped.append({**daemon.stop(path, timeout), "pid_file": path})
     result: dict[str, Any] = {"stopped": stopped, "clean": None}
+    if tag is not None:
+        # read once the agents are gone (their last write is in) and before the clean-up
+        result["statuses"] = {
+            role: final_status(temp_path, role, tag) for role in roles if role in AGENT_ROLES
+        }
     if remove:
         try:
             result["clean"] = clean.clean(temp_path, tag)
         except MurderError as exc:
             result["error"] = str(exc)
     return result
+
+
+def final_status(temp_path: str, role: str, tag: str) -> dict[str, Any]:
+    """Return an agent's status file as ``poll`` reads it: ``{"status", "error"}``."""
+    path = os.path.join(temp_path, status_file(role, tag))
+    try:
+        status = statusfile.read_status(path)
+    except StatusError as exc:
+        return {"status": None, "error": str(exc)}
+    return {"status": status, "error": None}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -39,6 +39,7 @@ from typing import Any
 
 import asyncssh
 
+from fabmurder import contract
 from fabmurder.host import daemon, finish, put, statusfile, transfer
 from fabmurder.host.cli import raise_fd_limit
 from fabmurder.testing.simagent import SimAgent, Tracker
@@ -125,7 +126,7 @@ class Host:
             status = dict(agent.status) if agent else None
             return reply({"status": status, "alive": bool(agent and agent.alive), "error": None})
         if command == "finish":
-            return self.finish(finish.parser().parse_args(argv))
+            return await self.finish(finish.parser().parse_args(argv))
         if command == "daemon":
             args = daemon.parser().parse_args(argv)
             if args.action == "start":
@@ -178,15 +179,32 @@ class Host:
         reason = "terminated" if was_alive else "not running"
         return {"stopped": was_alive, "pid": agent.pid, "reason": reason, "pid_file": pid_file}
 
-    def finish(self, args: Any) -> tuple[int, str, str]:
-        """``finish --role peer [--tag T] [--clean]``: stop the agents, forget their files."""
+    async def finish(self, args: Any) -> tuple[int, str, str]:
+        """``finish --role peer [--tag T] [--clean]``: stop the agents, forget their files.
+
+        With ``--tag``, the peer agent's last status is in the reply, taken
+        once its stop has run (state ``stopped``), as the real command reads
+        the status file.
+        """
         temp = args.temp_path.rstrip("/") + "/"
         names = [
             p for p in self.agents if p.startswith(temp) and p[len(temp) :].startswith("peer-")
         ]
         if args.tag:
             names = [p for p in names if p == f"{temp}peer-{args.tag}.pid"]
+        agents = [self.agents[p] for p in names] if "peer" in args.role else []
         stopped = [self.stop(p) for p in names] if "peer" in args.role else []
+        ending = [a.task for a in agents if a.task is not None and not a.task.done()]
+        if ending:
+            await asyncio.wait(ending, timeout=10)
+        statuses = None
+        if args.tag and "peer" in args.role:
+            path = f"{temp}{contract.status_file('peer', args.tag)}"
+            missing = f"cannot read status file {path}: No such file or directory"
+            final: dict[str, Any] = {"status": None, "error": missing}
+            if agents:
+                final = {"status": dict(agents[0].status), "error": None}
+            statuses = {"peer": final}
         cleaned = None
         if args.clean:
             gone = [n for n in self.files if n.startswith(temp) and args.tag in n]
@@ -194,7 +212,10 @@ class Host:
                 del self.files[name]
             removed = sorted(n[len(temp) :] for n in gone)
             cleaned = {"temp_path": args.temp_path, "removed": removed, "kept": []}
-        return reply({"stopped": stopped, "clean": cleaned})
+        out: dict[str, Any] = {"stopped": stopped, "clean": cleaned}
+        if statuses is not None:
+            out["statuses"] = statuses
+        return reply(out)
 
     async def bash(
         self, command: str, conn: Any, stdin: asyncssh.SSHReader[str]
