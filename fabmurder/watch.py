@@ -32,6 +32,7 @@ host it lost contact with, into that host's :class:`Watch`).
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -69,6 +70,10 @@ STATS_INTERVAL = 1.0
 FAST_POLL = 0.1
 #: with a feed, a peer the tracker has not heard from is read over SSH this often
 UNHEARD = 5.0
+#: the progress line sums every peer: it is drawn at most this often (and at the end)
+PROGRESS_INTERVAL = 0.5
+#: seconds between the watch's sweeps over every peer for verdicts reached elsewhere
+SWEEP = 5.0
 #: who says a peer installed: its status read by ``poll``, or (with a feed) ``finish``'s reply
 Verdict = Literal["poll", "finish"]
 
@@ -197,6 +202,11 @@ def watch(
 ) -> None:
     """Follow the peers (``watches``: host -> its Watch) until each is installed or failed.
 
+    A wake-up costs what happened since the last one, not the fleet's size:
+    the peers still to settle, the polls in flight and the polls due are
+    kept apart (:class:`_Schedule`), and the progress line, which sums every
+    peer, is drawn at most every PROGRESS_INTERVAL.
+
     :param verdict: ``"finish"`` to take the feed's word for an installed
         peer, provisionally (see the module docstring): the caller then owes
         each :attr:`Watch.provisional` peer its confirmation.
@@ -217,68 +227,180 @@ def watch(
         begun = time.monotonic()
         for w in watches.values():
             w.polled = max(w.polled, begun)
+    plan_of = _Schedule(watches, size, s.poll_interval, feed is not None)
+    tally = _Tally(watches, size)
     workers = min(s.parallel, len(watches) + 2)
     threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="murder-watch")
+    drawn = 0.0
     try:
         while True:
             now = time.monotonic()
-            for w in watches.values():
-                if not w.settled:
-                    _collect(pool, s, w, now, report)
+            for w in list(plan_of.inflight.values()):
+                _collect(pool, s, w, now, report)
+                plan_of.answered(w, now)
+                tally.update(w)
             if feed is not None and following is not None and following.done():
-                feed = _follow(feed, following, watches, now, report, verdict)
+                feed, touched = _follow(feed, following, watches, now, report, verdict)
                 following = None
+                plan_of.heard(touched)
+                for host in touched:
+                    if host in watches:
+                        tally.update(watches[host])
+                if feed is None:
+                    plan_of.poll_everyone(now)
             if stats is not None and stats.done():
                 swarm = swarm_stats(stats, report.info_hash) or swarm
                 stats = None
-            pending = [w for w in watches.values() if not w.settled]
-            _progress(report, watches, size, feed.swarm if feed else swarm)
+            if plan_of.sweep(now):
+                tally.rebuild()
+            pending = plan_of.pending
+            if not pending or now - drawn >= PROGRESS_INTERVAL:
+                drawn = now
+                report.emit(tally.event(feed.swarm if feed else swarm))
             if not pending:
                 return
             if now >= deadline:
-                for w in pending:
+                for w in list(pending.values()):
                     why = f"{w.report.state}, {w.report.bytes} of {size} bytes"
                     report.fail(w.report.host, f"timed out after {waited:.0f} s ({why})")
+                tally.rebuild()
+                report.emit(tally.event(feed.swarm if feed else swarm))
                 return
-            # Polling slows down on large fleets so the control machine's SSH
-            # traffic stays modest: about 200 status reads a second at most.
-            fast = max(FAST_POLL, len(pending) / 200)
-            interval = max(s.poll_interval, fast)
+            interval = plan_of.interval()
             # A poll that waits on its host holds a thread: only while every
             # pending peer (and the stats) has one.
             hold = interval if len(pending) < workers else 0.0
-            due = []
-            if feed is not None:
+            if feed is not None and following is None:
                 assert s.tracker
-                if following is None:
-                    following = threads.submit(feed.read, pool.get(s.tracker), s, interval)
-                unheard = max(UNHEARD, len(pending) / 200)
-            for w in pending:
-                if w.future is not None:
-                    continue
-                if feed is not None:
-                    # the feed follows a peer it has heard from; read it when told to
-                    if not w.due and (w.heard or now - w.polled < unheard):
-                        continue
-                    w.due, w.polled, w.running, w.wait = False, now, 0.0, 0.0
-                    w.future = threads.submit(read_status, pool.get(w.report.host), s, w)
-                    continue
-                at = w.next_poll(interval, size, fast)
-                if now < at:
-                    due.append(at - now)
-                    continue
-                w.polled, w.running, w.wait = now, 0.0, hold
+                following = threads.submit(feed.read, pool.get(s.tracker), s, interval)
+            for w in plan_of.due(now):
+                w.polled, w.running = now, 0.0
+                w.wait = hold if feed is None else 0.0
                 w.future = threads.submit(read_status, pool.get(w.report.host), s, w)
+                plan_of.sent(w)
             stats_due = now - stats_polled >= max(interval, STATS_INTERVAL)
             if feed is None and plan.stats_url and s.tracker and stats is None and stats_due:
                 stats_polled = now
                 stats = threads.submit(_read_stats, pool, s, plan.stats_url)
-            wait_for = min([s.poll_interval, 0.5, *due])
-            pause(max(0.01, wait_for), [*(w.future for w in pending), stats, following])
+            wait_for = min(s.poll_interval, 0.5, plan_of.next_due(now))
+            futures = [w.future for w in plan_of.inflight.values()]
+            pause(max(0.01, wait_for), [*futures, stats, following])
     finally:
         # A poll stuck on a dead host must not hold the run; closing the pool's
         # connections later unblocks its thread.
         threads.shutdown(wait=False, cancel_futures=True)
+
+
+class _Schedule:
+    """Which peers the watch still follows, which polls are out, and which are due when.
+
+    Every step touches only the peers it names, so a wake-up of the watch
+    costs what changed, however many peers there are: the polls out are a
+    dict, the polls due a heap by time. With a feed, a peer is read when the
+    feed asks (:attr:`Watch.due`) or, while the tracker has not heard from
+    it, every UNHEARD seconds; without one, each peer at its
+    :meth:`Watch.next_poll`. A sweep over every peer runs only every SWEEP
+    seconds, for a verdict that came from elsewhere.
+    """
+
+    def __init__(
+        self, watches: Mapping[str, Watch], size: int, poll_interval: float, fed: bool
+    ) -> None:
+        self.size, self.poll_interval, self.fed = size, poll_interval, fed
+        self.pending: dict[str, Watch] = {h: w for h, w in watches.items() if not w.settled}
+        self.inflight: dict[str, Watch] = {}
+        self.asked: dict[str, Watch] = {}
+        self.heap: list[tuple[float, str]] = []
+        self.swept = 0.0
+        for host, w in self.pending.items():
+            first = w.polled + self._unheard() if fed else w.next_poll(*self._pace())
+            heapq.heappush(self.heap, (first, host))
+
+    def _pace(self) -> tuple[float, int, float]:
+        """Return (interval, size, fast) for the next poll times: slower on large fleets."""
+        # about 200 status reads a second at most, so the control host's SSH stays modest
+        fast = max(FAST_POLL, len(self.pending) / 200)
+        return max(self.poll_interval, fast), self.size, fast
+
+    def _unheard(self) -> float:
+        return max(UNHEARD, len(self.pending) / 200)
+
+    def interval(self) -> float:
+        return self._pace()[0]
+
+    def _settle(self, w: Watch) -> bool:
+        if w.settled:
+            self.pending.pop(w.report.host, None)
+            self.asked.pop(w.report.host, None)
+            return True
+        return False
+
+    def answered(self, w: Watch, now: float) -> None:
+        """Take in a poll that ended (or a peer that was failed while it hung)."""
+        host = w.report.host
+        if w.future is not None and not w.report.finished:
+            return
+        self.inflight.pop(host, None)
+        if self._settle(w):
+            return
+        if w.due:
+            self.asked[host] = w
+        elif not self.fed:
+            heapq.heappush(self.heap, (w.next_poll(*self._pace()), host))
+        elif not w.heard:
+            heapq.heappush(self.heap, (now + self._unheard(), host))
+
+    def heard(self, hosts: list[str]) -> None:
+        """Take in the feed's news of ``hosts``: settled, or due for a read."""
+        for host in hosts:
+            w = self.pending.get(host)
+            if w is None or self._settle(w):
+                continue
+            if w.due:
+                self.asked[host] = w
+
+    def poll_everyone(self, now: float) -> None:
+        """The feed failed: poll every peer still pending from now on."""
+        self.fed = False
+        self.heap = [(now, host) for host in self.pending if host not in self.inflight]
+        heapq.heapify(self.heap)
+        self.asked.clear()
+
+    def sweep(self, now: float) -> bool:
+        """Drop the peers settled by other means (at most every SWEEP seconds); True if it ran."""
+        if now - self.swept < SWEEP:
+            return False
+        self.swept = now
+        for w in [w for w in self.pending.values() if w.settled]:
+            self._settle(w)
+        return True
+
+    def due(self, now: float) -> list[Watch]:
+        """Return the peers to read now (none of them with a poll out)."""
+        out: dict[str, Watch] = {}
+        for host, w in list(self.asked.items()):
+            if w.future is not None:
+                continue  # asked again once its poll is in (answered)
+            del self.asked[host]
+            if not self._settle(w):
+                out[host] = w
+        while self.heap and self.heap[0][0] <= now:
+            _, host = heapq.heappop(self.heap)
+            peer = self.pending.get(host)
+            if peer is None or peer.future is not None or host in out or self._settle(peer):
+                continue
+            if self.fed and peer.heard:
+                continue  # the feed follows it now
+            out[host] = peer
+        return list(out.values())
+
+    def sent(self, w: Watch) -> None:
+        w.due = False
+        self.inflight[w.report.host] = w
+
+    def next_due(self, now: float) -> float:
+        """Return the seconds until the next poll is due (a large number when none is)."""
+        return max(0.0, self.heap[0][0] - now) if self.heap else 3600.0
 
 
 def _open_feed(plan: Plan, report: DeployReport) -> Feed | None:
@@ -295,8 +417,8 @@ def _follow(
     now: float,
     report: DeployReport,
     verdict: Verdict = "poll",
-) -> Feed | None:
-    """Take in one answer of the feed; return the feed, or None once it failed."""
+) -> tuple[Feed | None, list[str]]:
+    """Take in one answer of the feed; return the feed (None once it failed) and its hosts."""
     try:
         changes = feed.take(future.result())
     except Exception as exc:
@@ -304,7 +426,7 @@ def _follow(
         report.emit(
             Event("warning", f"the tracker's progress feed failed ({why}): polling every peer")
         )
-        return None
+        return None, []
     for host, peer in changes.items():
         w = watches.get(host)
         if w is None or w.settled:
@@ -319,7 +441,7 @@ def _follow(
         if verdict == "finish" and peer["installed"] and not peer["silent"]:
             # no poll: finish reads this peer's status anyway, and its reply decides
             w.provisional, w.due = True, False
-    return feed
+    return feed, list(changes)
 
 
 def _read_stats(pool: ConnectionPool, s: Settings, url: str) -> dict[str, object]:
@@ -370,20 +492,47 @@ def verdict_event(r: HostReport) -> Event:
     return Event("host", message if r.ok else "failed", r.host, data)
 
 
-def _progress(
-    report: DeployReport, watches: Mapping[str, Watch], size: int, swarm: dict[str, object]
-) -> None:
-    reports = [w.report for w in watches.values()]
-    done = [w.report.ok or w.provisional for w in watches.values()]
-    data = {
-        "done": sum(done),
-        "failed": sum(1 for r in reports if r.reason is not None and not r.ok),
-        "total": len(reports),
-        "bytes": sum(size if d else r.bytes for r, d in zip(reports, done, strict=True)),
-        "bytes_total": size * len(reports),
-        "swarm": swarm,
-    }
-    report.emit(Event("progress", data=data))
+class _Tally:
+    """The progress line's sums over every peer, kept up to date one peer at a time.
+
+    Summing every peer for each line made a quiet wake-up of the watch cost
+    O(N); :meth:`update` is told of each peer the watch touched, and
+    :meth:`rebuild` (with the sweep) catches anything changed elsewhere.
+    """
+
+    def __init__(self, watches: Mapping[str, Watch], size: int) -> None:
+        self.watches, self.size = watches, size
+        self.rebuild()
+
+    def _value(self, w: Watch) -> tuple[int, int, int]:
+        r = w.report
+        done = r.ok or w.provisional
+        return int(done), int(r.reason is not None and not r.ok), self.size if done else r.bytes
+
+    def rebuild(self) -> None:
+        self.of = {host: self._value(w) for host, w in self.watches.items()}
+        self.done = sum(v[0] for v in self.of.values())
+        self.failed = sum(v[1] for v in self.of.values())
+        self.bytes = sum(v[2] for v in self.of.values())
+
+    def update(self, w: Watch) -> None:
+        host = w.report.host
+        old, new = self.of.get(host, (0, 0, 0)), self._value(w)
+        self.of[host] = new
+        self.done += new[0] - old[0]
+        self.failed += new[1] - old[1]
+        self.bytes += new[2] - old[2]
+
+    def event(self, swarm: dict[str, object]) -> Event:
+        data = {
+            "done": self.done,
+            "failed": self.failed,
+            "total": len(self.watches),
+            "bytes": self.bytes,
+            "bytes_total": self.size * len(self.watches),
+            "swarm": swarm,
+        }
+        return Event("progress", data=data)
 
 
 def pause(seconds: float, futures: Sequence[Future[Any] | None]) -> None:

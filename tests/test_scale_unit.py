@@ -16,6 +16,7 @@ is flat by count). Speed itself is measured by ``inv bench.scale``.
 from __future__ import annotations
 
 import base64
+import statistics
 import sys
 import threading
 import time
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from invoke import Context, Result
 from test_control import FakePool, ok, status
 
@@ -55,6 +57,10 @@ def address(i: int, gaps: bool = False) -> str:
 
 def hosts(n: int) -> list[str]:
     return [f"root@{address(i)}:2222" for i in range(1, n + 1)]
+
+
+#: feed answers with no change in the quiet-watch test
+QUIET_ROUNDS = 30
 
 
 class Calls:
@@ -239,6 +245,76 @@ def watched(n: int) -> int:
 
 def test_watching_5000_peers_through_the_feed_costs_each_peer_what_500_do() -> None:
     assert_flat("the watch's calls per peer", *per_host(watched))
+
+
+def quiet_wakeup(n: int, monkeypatch: pytest.MonkeyPatch) -> float:
+    """Return the median calls of one wake-up of the watch of ``n`` peers while nothing happens.
+
+    The feed says every peer is downloading, then answers QUIET_ROUNDS times
+    with no change (as the tracker does while a large release moves), then
+    every peer installs. The wake-ups between are what the control host
+    spends each second of the transfer.
+    """
+    plan = plan_of(n, poll_interval=0.01)
+    peers = plan.s.peers
+    seq = [0]
+
+    def report(state: str, installed: bool) -> dict[str, Any]:
+        return {
+            "addr": "10.0.0.2", "state": state, "installed": installed, "error": None,
+            "done": RELEASE if installed else 5, "total": RELEASE, "from_seeder": 5,
+            "from_peers": 0, "uploaded": 0, "silent": False, "seq": 1,
+        }  # fmt: skip
+
+    def handler(host: str, command: str) -> Result:
+        if " stats " in command:
+            seq[0] += 1
+            if seq[0] == 1:
+                changes = {plan.report_ids[p]: report("downloading", False) for p in peers}
+            elif seq[0] <= QUIET_ROUNDS + 1:
+                changes = {}
+            else:
+                changes = {plan.report_ids[p]: report("seeding", True) for p in peers}
+            totals = {"reporters": n, "installed": 0, "failed": 0, "silent": 0}
+            return ok({"seq": seq[0], "totals": totals, "changes": changes, "swarm": {}})
+        record = status("seeding", RELEASE, installed=True)
+        return ok({"status": record, "alive": True, "error": None})
+
+    pool = FakePool(handler, parallel=32)
+    report_ = DeployReport("v1", hosts={h: HostReport(h) for h in peers})
+    report_.info_hash = "ab" * 20
+    now = time.monotonic()
+    watches = {h: watch.Watch(report_.hosts[h], started=now, polled=now) for h in peers}
+    marks: list[tuple[int, int]] = []
+    real_pause = watch.pause
+
+    with Calls() as calls:
+
+        def pause(seconds: float, futures: Any) -> None:
+            marks.append((seq[0], calls.count))
+            real_pause(seconds, futures)
+
+        monkeypatch.setattr(watch, "pause", pause)
+        watch.watch(pool, plan, watches, RELEASE, report_, verdict="finish")
+    assert all(w.provisional for w in watches.values())
+    # wake-ups that began and ended inside the quiet rounds
+    costs = [
+        b - a
+        for (seq_a, a), (seq_b, b) in zip(marks, marks[1:], strict=False)
+        if seq_a >= 2 and seq_b <= QUIET_ROUNDS
+    ]
+    assert len(costs) >= QUIET_ROUNDS // 2, f"only {len(costs)} quiet wake-ups seen"
+    return statistics.median(costs)
+
+
+def test_a_quiet_wakeup_of_the_watch_costs_the_same_at_500_and_5000_peers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    small, large = quiet_wakeup(SMALL, monkeypatch), quiet_wakeup(LARGE, monkeypatch)
+    # per wake-up, not per host: the control host's work per second of the transfer
+    assert large <= FLAT * small, (
+        f"a quiet wake-up of the watch: {small:.0f} calls at N={SMALL}, {large:.0f} at N={LARGE}"
+    )
 
 
 def test_base64_of_the_torrent_travels_on_stdin_not_in_the_command(tmp_path: Path) -> None:
