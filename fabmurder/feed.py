@@ -55,6 +55,8 @@ class Feed:
     seq: int = 0
     #: the tracker's own numbers of the swarm, as last read
     swarm: dict[str, object] = field(default_factory=dict)
+    #: reads that failed in a row (the watch drops the feed after a few)
+    failures: int = 0
 
     def __post_init__(self) -> None:
         self.hosts = {rid: host for host, rid in self.report_ids.items()}

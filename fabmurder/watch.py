@@ -74,6 +74,8 @@ UNHEARD = 5.0
 PROGRESS_INTERVAL = 0.5
 #: seconds between the watch's sweeps over every peer for verdicts reached elsewhere
 SWEEP = 5.0
+#: failed reads of the feed in a row after which the watch polls every peer instead
+FEED_TRIES = 3
 #: who says a peer installed: its status read by ``poll``, or (with a feed) ``finish``'s reply
 Verdict = Literal["poll", "finish"]
 
@@ -422,11 +424,18 @@ def _follow(
     try:
         changes = feed.take(future.result())
     except Exception as exc:
+        # One slow answer of a loaded tracker (5,000 simulated peers reporting) must
+        # not turn the watch into 5,000 pollers: it drops the feed only after
+        # FEED_TRIES failures in a row.
+        feed.failures += 1
+        if feed.failures < FEED_TRIES:
+            return feed, []
         why = failure_reason(exc)
         report.emit(
             Event("warning", f"the tracker's progress feed failed ({why}): polling every peer")
         )
         return None, []
+    feed.failures = 0
     for host, peer in changes.items():
         w = watches.get(host)
         if w is None or w.settled:

@@ -310,11 +310,35 @@ def test_a_feed_that_fails_is_dropped_and_every_peer_is_polled() -> None:
     report, watches, events = started(plan)
     watch.watch(pool, plan, watches, RELEASE, report)
     assert all(r.ok for r in report.hosts.values())
-    assert pool.commands("--while-seq") == ["seed1"]  # tried once, then dropped
+    # tried FEED_TRIES times in a row, then dropped
+    assert pool.commands("--while-seq") == ["seed1"] * watch.FEED_TRIES
     assert all(pool.commands(" poll ").count(h) == 3 for h in PEERS)
     warnings = [e.message for e in events if e.kind == "warning"]
     why = "progress: fabmurder: 404 Not Found (exit 1)"
     assert warnings == [f"the tracker's progress feed failed ({why}): polling every peer"]
+
+
+def test_a_feed_read_that_fails_once_is_tried_again_and_the_feed_kept() -> None:
+    plan = fed_plan(poll_interval=0.05)
+    reads = [0]
+
+    def handler(host: str, command: str) -> Result:
+        if " stats " in command:
+            reads[0] += 1
+            if reads[0] == 1:  # a loaded tracker missed the long poll's timeout once
+                return Result(stdout="", stderr="fabmurder: timed out\n", exited=1)
+            changes = {f"id-{h}": feed_report("seeding", installed=True) for h in PEERS}
+            return progress(reads[0], changes)
+        return installed_after(1)(1)
+
+    pool = FakePool(handler)
+    report, watches, events = started(plan)
+    watch.watch(pool, plan, watches, RELEASE, report)
+    assert all(r.ok for r in report.hosts.values())
+    assert [e for e in events if e.kind == "warning"] == []
+    assert len(pool.commands("--while-seq")) >= 2
+    # each peer read once, when the feed said it installed: no one fell back to polling
+    assert sorted(pool.commands(" poll ")) == sorted(PEERS)
 
 
 def test_a_peer_that_never_reports_is_read_over_ssh_until_it_answers() -> None:
