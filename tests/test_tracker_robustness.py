@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -261,4 +262,29 @@ def test_a_client_that_pipelines_without_reading_does_not_stall_others(
         except (TimeoutError, BlockingIOError):
             pass
         still_serves(tracker)
+    still_serves(tracker)
+
+
+def test_at_the_cap_an_idle_kept_alive_connection_makes_room_for_a_new_client(
+    tracker: TrackerProcess,
+) -> None:
+    # 40 reporters' links, each answered once and kept alive (the fixture's cap is 40)
+    idle = [connect(tracker.host, tracker.port, timeout=10.0) for _ in range(40)]
+    try:
+        for sock in idle:
+            sock.sendall(b"GET /stats HTTP/1.1\r\n\r\n")
+            response, rest = read_response(sock)
+            assert response.status == 200 and rest == b""
+        # the seeder's announce still gets in, where it got 503 before
+        status, _closed = raw(tracker, b"GET /stats HTTP/1.1\r\n\r\n")
+        assert status == 200
+        closed = 0
+        for sock in idle:
+            sock.settimeout(0.2)
+            with contextlib.suppress(TimeoutError):
+                closed += sock.recv(1) == b""
+        assert closed >= 1  # the room came from an idle link, which its client reopens
+    finally:
+        for sock in idle:
+            sock.close()
     still_serves(tracker)
