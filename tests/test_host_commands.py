@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -217,12 +218,7 @@ def test_finish_stops_the_roles_agents_of_one_tag_and_cleans_its_files(tmp_path:
         assert "still has a running seeder or peer" in out["error"] in result.stderr
         assert daemon.proc_starttime(peer) is None or daemon._is_zombie(peer)
         assert (temp / "v1.tar").exists()
-        result = fab(
-            "finish", "--temp-path", str(temp), "--role", "seed", "--role", "peer",
-            "--tag", "v1", "--clean",
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        out = json.loads(result.stdout)
+        out = finish_v1(temp)
         assert [r["pid"] for r in out["stopped"] if r["stopped"]] == [seed]
         assert "v1.tar" in out["clean"]["removed"] and not (temp / "v1.tar").exists()
         # another release's agent and files, and the tracker's, are untouched
@@ -234,18 +230,24 @@ def test_finish_stops_the_roles_agents_of_one_tag_and_cleans_its_files(tmp_path:
     assert daemon.proc_starttime(other) is None or daemon._is_zombie(other)
 
 
+def finish_v1(temp: Path) -> dict[str, Any]:
+    """Run ``finish --clean`` for release v1's seed and peer in ``temp``; return its reply."""
+    result = fab(
+        "finish", "--temp-path", str(temp), "--role", "seed", "--role", "peer",
+        "--tag", "v1", "--clean",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    reply: dict[str, Any] = json.loads(result.stdout)
+    return reply
+
+
 def test_finish_returns_each_agents_last_status_read_before_the_clean_removes_it(
     tmp_path: Path,
 ) -> None:
     temp = tmp_path / "tmp"
     populate(temp)
     (temp / "peer-v1.pid").unlink()  # the peer agent has ended by itself
-    result = fab(
-        "finish", "--temp-path", str(temp), "--role", "seed", "--role", "peer",
-        "--tag", "v1", "--clean",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
+    out = finish_v1(temp)
     assert out["statuses"]["peer"] == {"status": _status_doc(), "error": None}
     assert out["statuses"]["seed"]["status"] is None
     assert "cannot read status file" in out["statuses"]["seed"]["error"]

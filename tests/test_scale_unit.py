@@ -20,7 +20,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -204,38 +204,56 @@ def test_starting_5000_peers_costs_each_peer_what_starting_500_does(tmp_path: Pa
 # -- watching -------------------------------------------------------------------------------------
 
 
-def watched(n: int) -> int:
-    """Watch ``n`` peers that report through the feed in ten waves; return the calls."""
+def feed_report(state: str, installed: bool) -> dict[str, Any]:
+    """One peer's report in a ``/progress`` answer."""
+    return {
+        "addr": "10.0.0.2", "state": state, "installed": installed, "error": None,
+        "done": RELEASE if installed else 5, "total": RELEASE, "from_seeder": 5,
+        "from_peers": 0, "uploaded": 0, "silent": False, "seq": 1,
+    }  # fmt: skip
+
+
+Fed = tuple[Plan, FakePool, DeployReport, dict[str, watch.Watch], list[int]]
+
+
+def fed_fleet(n: int, installs: Callable[[int, Sequence[str]], Sequence[str]]) -> Fed:
+    """Return a watch's plan, pool, report, watches and feed counter for ``n`` reporting peers.
+
+    The tracker's first ``/progress`` answer says every peer is downloading;
+    answer number ``seq`` after it reports ``installs(seq, peers)`` installed.
+    """
     plan = plan_of(n, poll_interval=0.01)
     peers = plan.s.peers
-    waves = [peers[i : i + n // 10] for i in range(0, n, n // 10)]
     seq = [0]
-
-    def report(state: str, installed: bool) -> dict[str, Any]:
-        return {
-            "addr": "10.0.0.2", "state": state, "installed": installed, "error": None,
-            "done": RELEASE if installed else 5, "total": RELEASE, "from_seeder": 5,
-            "from_peers": 0, "uploaded": 0, "silent": False, "seq": 1,
-        }  # fmt: skip
 
     def handler(host: str, command: str) -> Result:
         if " stats " in command:
             seq[0] += 1
             if seq[0] == 1:
-                changes = {plan.report_ids[p]: report("downloading", False) for p in peers}
+                changes = {plan.report_ids[p]: feed_report("downloading", False) for p in peers}
             else:
-                wave = waves[seq[0] - 2] if seq[0] - 2 < len(waves) else []
-                changes = {plan.report_ids[p]: report("seeding", True) for p in wave}
+                done = installs(seq[0], peers)
+                changes = {plan.report_ids[p]: feed_report("seeding", True) for p in done}
             totals = {"reporters": n, "installed": 0, "failed": 0, "silent": 0}
             return ok({"seq": seq[0], "totals": totals, "changes": changes, "swarm": {}})
         record = status("seeding", RELEASE, installed=True)
         return ok({"status": record, "alive": True, "error": None})
 
-    pool = FakePool(handler, parallel=32)
     report_ = DeployReport("v1", hosts={h: HostReport(h) for h in peers})
     report_.info_hash = "ab" * 20
     now = time.monotonic()
     watches = {h: watch.Watch(report_.hosts[h], started=now, polled=now) for h in peers}
+    return plan, FakePool(handler, parallel=32), report_, watches, seq
+
+
+def watched(n: int) -> int:
+    """Watch ``n`` peers that report through the feed in ten waves; return the calls."""
+
+    def installs(seq: int, peers: Sequence[str]) -> Sequence[str]:
+        first = (seq - 2) * (n // 10)
+        return peers[first : first + n // 10]
+
+    plan, pool, report_, watches, _ = fed_fleet(n, installs)
     with Calls() as calls:
         watch.watch(pool, plan, watches, RELEASE, report_)
     assert all(r.ok for r in report_.hosts.values())
@@ -255,36 +273,11 @@ def quiet_wakeup(n: int, monkeypatch: pytest.MonkeyPatch) -> float:
     every peer installs. The wake-ups between are what the control host
     spends each second of the transfer.
     """
-    plan = plan_of(n, poll_interval=0.01)
-    peers = plan.s.peers
-    seq = [0]
 
-    def report(state: str, installed: bool) -> dict[str, Any]:
-        return {
-            "addr": "10.0.0.2", "state": state, "installed": installed, "error": None,
-            "done": RELEASE if installed else 5, "total": RELEASE, "from_seeder": 5,
-            "from_peers": 0, "uploaded": 0, "silent": False, "seq": 1,
-        }  # fmt: skip
+    def installs(seq: int, peers: Sequence[str]) -> Sequence[str]:
+        return [] if seq <= QUIET_ROUNDS + 1 else peers
 
-    def handler(host: str, command: str) -> Result:
-        if " stats " in command:
-            seq[0] += 1
-            if seq[0] == 1:
-                changes = {plan.report_ids[p]: report("downloading", False) for p in peers}
-            elif seq[0] <= QUIET_ROUNDS + 1:
-                changes = {}
-            else:
-                changes = {plan.report_ids[p]: report("seeding", True) for p in peers}
-            totals = {"reporters": n, "installed": 0, "failed": 0, "silent": 0}
-            return ok({"seq": seq[0], "totals": totals, "changes": changes, "swarm": {}})
-        record = status("seeding", RELEASE, installed=True)
-        return ok({"status": record, "alive": True, "error": None})
-
-    pool = FakePool(handler, parallel=32)
-    report_ = DeployReport("v1", hosts={h: HostReport(h) for h in peers})
-    report_.info_hash = "ab" * 20
-    now = time.monotonic()
-    watches = {h: watch.Watch(report_.hosts[h], started=now, polled=now) for h in peers}
+    plan, pool, report_, watches, seq = fed_fleet(n, installs)
     marks: list[tuple[int, int]] = []
     real_pause = watch.pause
 
