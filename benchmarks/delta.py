@@ -178,7 +178,7 @@ def rsync_push(fl: Fleet, peers: list[Host], src: str, base: str) -> Any:
     def run() -> dict[str, Any]:
         pushes = " ".join(
             f"rsync -a --delete --link-dest={DEST}/{base} -e '{ssh} -p {h.port}' "
-            f"{src}/ {h.user}@{h.address}:{DEST}/rsync-new/ & pids=\"$pids $!\";"
+            f'{src}/ {h.user}@{h.address}:{DEST}/rsync-new/ & pids="$pids $!";'
             for h in peers
         )
         # every push's own exit status: a bare `wait` says 0 even when rsync is missing
