@@ -229,7 +229,7 @@ def watch(
         begun = time.monotonic()
         for w in watches.values():
             w.polled = max(w.polled, begun)
-    plan_of = _Schedule(watches, size, s.poll_interval, feed is not None)
+    schedule = _Schedule(watches, size, s.poll_interval, feed is not None)
     tally = _Tally(watches, size)
     workers = min(s.parallel, len(watches) + 2)
     threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="murder-watch")
@@ -237,25 +237,25 @@ def watch(
     try:
         while True:
             now = time.monotonic()
-            for w in list(plan_of.inflight.values()):
+            for w in list(schedule.inflight.values()):
                 _collect(pool, s, w, now, report)
-                plan_of.answered(w, now)
+                schedule.answered(w, now)
                 tally.update(w)
             if feed is not None and following is not None and following.done():
                 feed, touched = _follow(feed, following, watches, now, report, verdict)
                 following = None
-                plan_of.heard(touched)
+                schedule.heard(touched)
                 for host in touched:
                     if host in watches:
                         tally.update(watches[host])
                 if feed is None:
-                    plan_of.poll_everyone(now)
+                    schedule.poll_everyone(now)
             if stats is not None and stats.done():
                 swarm = swarm_stats(stats, report.info_hash) or swarm
                 stats = None
-            if plan_of.sweep(now):
+            if schedule.sweep(now):
                 tally.rebuild()
-            pending = plan_of.pending
+            pending = schedule.pending
             if not pending or now - drawn >= PROGRESS_INTERVAL:
                 drawn = now
                 report.emit(tally.event(feed.swarm if feed else swarm))
@@ -268,24 +268,24 @@ def watch(
                 tally.rebuild()
                 report.emit(tally.event(feed.swarm if feed else swarm))
                 return
-            interval = plan_of.interval()
+            interval = schedule.interval()
             # A poll that waits on its host holds a thread: only while every
             # pending peer (and the stats) has one.
             hold = interval if len(pending) < workers else 0.0
             if feed is not None and following is None:
                 assert s.tracker
                 following = threads.submit(feed.read, pool.get(s.tracker), s, interval)
-            for w in plan_of.due(now):
+            for w in schedule.due(now):
                 w.polled, w.running = now, 0.0
                 w.wait = hold if feed is None else 0.0
                 w.future = threads.submit(read_status, pool.get(w.report.host), s, w)
-                plan_of.sent(w)
+                schedule.sent(w)
             stats_due = now - stats_polled >= max(interval, STATS_INTERVAL)
             if feed is None and plan.stats_url and s.tracker and stats is None and stats_due:
                 stats_polled = now
                 stats = threads.submit(_read_stats, pool, s, plan.stats_url)
-            wait_for = min(s.poll_interval, 0.5, plan_of.next_due(now))
-            futures = [w.future for w in plan_of.inflight.values()]
+            wait_for = min(s.poll_interval, 0.5, schedule.next_due(now))
+            futures = [w.future for w in schedule.inflight.values()]
             pause(max(0.01, wait_for), [*futures, stats, following])
     finally:
         # A poll stuck on a dead host must not hold the run; closing the pool's
