@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from test_tracker_interop import fabmurder, free_port, processes, read_json, tracker
 
-from fabmurder.host import manifest, metainfo
+from fabmurder.host import manifest, metainfo, tree
 from fabmurder.testing.proc import wait_until
 from fabmurder.tracker.client import TrackerProcess
 
@@ -283,12 +283,52 @@ def test_a_tree_shaped_like_node_modules_lands_file_for_file_and_costs_its_bytes
     small_tree(src, 3000)
     info = swarm.create(src, "m1")
     meta = metainfo.read(info["torrent"], tag="m1")
+    # More than V2_MAX_FILES files: a v1 torrent, its files end to end, no pad.
+    assert tree.V2_MAX_FILES < 3000 and versions(meta) == (True, False)
     swarm.seed(info)
     code, err = swarm.peer(info, 0)
     assert code == 0, err
     same_tree(src, swarm.dest(0) / "m1")
     status = read_json(swarm.status(0))
     assert status["from_seeder"] + status["from_peers"] == meta.size
+
+
+def versions(meta: metainfo.Metainfo) -> tuple[bool, bool]:
+    """Return whether the torrent is (v1, v2)."""
+    import libtorrent as lt
+
+    hashes = lt.torrent_info(meta.raw).info_hashes()
+    return hashes.has_v1(), hashes.has_v2()
+
+
+def test_the_next_release_of_a_many_file_tree_fetches_the_pieces_its_changes_overlap(
+    tmp_path: Path, swarm: Swarm
+) -> None:
+    from test_host_request_queues import small_tree
+
+    small_tree(tmp_path / "m1", 3000)
+    shutil.copytree(tmp_path / "m1", tmp_path / "m2", symlinks=True)
+    m2 = tmp_path / "m2"
+    (m2 / "d0" / "m0.js").write_bytes(b"changed\n" * 500)
+    (m2 / "d7" / "m7.js").rename(m2 / "d7" / "moved7.js")
+    (m2 / "d9" / "new.js").write_bytes(b"new\n" * 1000)
+    os.remove(m2 / "d11" / "m11.js")
+    m1_info = swarm.create(tmp_path / "m1", "m1")
+    swarm.seed(m1_info)
+    assert swarm.peer(m1_info, 0)[0] == 0
+    info = swarm.create(m2, "m2")
+    meta = metainfo.read(info["torrent"], tag="m2")
+    assert versions(meta) == (True, False)
+    swarm.seed(info)
+    code, err = swarm.peer(info, 0)
+    assert code == 0, err
+    same_tree(m2, swarm.dest(0) / "m2")
+    status = read_json(swarm.status(0))
+    fetched = status["from_seeder"] + status["from_peers"]
+    # Two changed files (the moved one comes from m1): each costs the pieces it
+    # overlaps, at most two pieces where it fits in one, never the tree.
+    assert 0 < fetched <= 4 * meta.piece_size < meta.size // 20, status
+    same_tree(tmp_path / "m1", swarm.dest(0) / "m1")
 
 
 def test_stripes_of_pieces_of_unequal_sizes_hold_equal_bytes_not_equal_counts() -> None:
@@ -318,3 +358,22 @@ def test_a_delta_peer_holding_back_from_the_seeder_still_lands_the_release(
     code, err = swarm.peer(v2, 0, extra=("--stripe", "0/2", "--settings", settings))
     assert code == 0, err
     same_tree(tmp_path / "v2", swarm.dest(0) / "v2")
+
+
+def test_a_hybrid_tree_torrent_is_refused(tmp_path: Path) -> None:
+    import libtorrent as lt
+
+    build(tmp_path / "v1", 1)
+    info = tree.create(str(tmp_path / "v1"), str(tmp_path / "t"), "v1", "http://h/a", 65536)[1]
+    entries = manifest.files(info)
+    creator = lt.create_torrent(
+        [lt.create_file_entry(f"v1/{e['path']}", e["size"]) for e in entries], 65536
+    )
+    base = tmp_path / "base"
+    base.mkdir()
+    os.symlink(tmp_path / "v1", base / "v1")
+    lt.set_piece_hashes(creator, str(base))
+    hybrid = creator.generate()
+    hybrid[b"info"][metainfo.MANIFEST_KEY] = manifest.pack(info)
+    with pytest.raises(metainfo.TorrentError, match="must be v1 or v2, not both"):
+        metainfo.parse(lt.bencode(hybrid))
