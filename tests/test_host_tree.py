@@ -360,6 +360,20 @@ def test_a_delta_peer_holding_back_from_the_seeder_still_lands_the_release(
     same_tree(tmp_path / "v2", swarm.dest(0) / "v2")
 
 
+def test_a_tree_of_one_file_lands_under_its_tag(tmp_path: Path, swarm: Swarm) -> None:
+    # As v2, libtorrent read a one-file torrent as a file named "big", not
+    # "o1/big", and create refused its own torrent ("outside 'o1'").
+    src = tmp_path / "one" / "lib"
+    src.mkdir(parents=True)
+    (src / "big.so").write_bytes(os.urandom(300_000))
+    info = swarm.create(tmp_path / "one", "o1")
+    assert versions(metainfo.read(info["torrent"], tag="o1")) == (True, False)
+    swarm.seed(info)
+    code, err = swarm.peer(info, 0)
+    assert code == 0, err
+    same_tree(tmp_path / "one", swarm.dest(0) / "o1")
+
+
 def test_a_hybrid_tree_torrent_is_refused(tmp_path: Path) -> None:
     import libtorrent as lt
 

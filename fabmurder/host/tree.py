@@ -16,7 +16,7 @@ either. The tracker, the allow-list and the control side use the v2
 info-hash truncated to 20 bytes, as BEP 52 has trackers do (a v1 tree's
 info-hash as it is).
 
-A tree of more than :data:`V2_MAX_FILES` files is a v1 torrent instead,
+A tree of more than :data:`V2_MAX_FILES` files, or of one, is a v1 torrent,
 its files end to end with no padding. libtorrent 2.1's v2 hash picker
 walks every file of the torrent on every piece and HAVE message it
 handles, so its cost grows with files times pieces: 30,000 files of
@@ -79,7 +79,10 @@ def create(
     entries = manifest.files(tree)
     if not entries:
         raise ArtifactError(f"{src} holds no non-empty file to ship as a tree", path=src)
-    v2 = len(entries) <= V2_MAX_FILES
+    # libtorrent reads a v2 torrent of one file as a single-file torrent named
+    # after that file, not <tag>/<path>: one file goes as v1, which keeps the
+    # directory (nothing to align, nor a hash picker to walk, in one file).
+    v2 = 1 < len(entries) <= V2_MAX_FILES
     files = [lt.create_file_entry(f"{tag}/{e['path']}", e["size"]) for e in entries]
     flags = lt.create_torrent.v2_only if v2 else lt.create_torrent.v1_only
     creator = lt.create_torrent(files, piece_size, flags)
