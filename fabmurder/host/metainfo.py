@@ -49,6 +49,7 @@ class Metainfo:
         "raw",
         "manifest",
         "digest",
+        "packed_manifest",
         "lengths",
     )
 
@@ -63,6 +64,8 @@ class Metainfo:
         raw: bytes,
         manifest: dict[str, Any] | None = None,
         lengths: list[int] | None = None,
+        digest: str | None = None,
+        packed_manifest: bytes | None = None,
     ) -> None:
         self.info_hash = info_hash
         self.name = name
@@ -74,7 +77,11 @@ class Metainfo:
         #: a tree release's manifest (see :mod:`fabmurder.host.tree`), None for a tarball
         self.manifest = manifest
         #: the release digest the control side compares: the manifest's, or None for a tarball
-        self.digest = manifest_digest(manifest) if manifest is not None else None
+        if digest is None and manifest is not None:
+            digest = manifest_digest(manifest)
+        self.digest = digest
+        #: the manifest as it rode in the torrent (deflated canonical bytes), for a tree
+        self.packed_manifest = packed_manifest
         #: payload bytes of each piece, when pieces are not all piece_size (pad files)
         self.lengths = lengths
 

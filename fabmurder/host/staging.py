@@ -16,8 +16,10 @@ next run's leftovers).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
+import zlib
 
 from fabmurder.contract import manifest_record
 from fabmurder.errors import ArtifactError
@@ -32,12 +34,18 @@ if TYPE_CHECKING:
 class Stage:
     """One tree release being staged: where it is built, and what it must become."""
 
-    __slots__ = ("dest", "tag", "tree", "partial", "root", "reused")
+    __slots__ = ("dest", "tag", "tree", "digest", "packed", "partial", "root", "reused")
 
-    def __init__(self, dest: str, tag: str, tree: dict[str, Any], partial: str) -> None:
+    def __init__(
+        self, dest: str, tag: str, tree: dict[str, Any], partial: str, packed: bytes | None = None
+    ) -> None:
         self.dest = dest
         self.tag = tag
         self.tree = tree
+        #: the manifest deflated, as the record beside the release keeps it
+        self.packed = packed if packed is not None else manifest.pack(tree)
+        #: the release digest (the SHA-256 of the manifest's canonical bytes)
+        self.digest = hashlib.sha256(zlib.decompress(self.packed)).hexdigest()
         #: the private directory libtorrent's save path points at
         self.partial = partial
         #: the release itself, ``<partial>/<tag>``
@@ -49,8 +57,12 @@ class Stage:
         artifact.remove_quietly(self.partial)
 
 
-def begin(dest: str, tag: str, tree: dict[str, Any]) -> Stage:
+def begin(dest: str, tag: str, tree: dict[str, Any], packed: bytes | None = None) -> Stage:
     """Make the partial directory with the release's directories, filled from older releases.
+
+    :param packed: ``tree`` as it rode in the torrent (:func:`manifest.pack`'s
+        bytes, checked canonical by :func:`manifest.unpack`), kept as the
+        release's record; packed again when not given.
 
     :raises ArtifactError: if the file system has no room for the release.
     """
@@ -62,7 +74,7 @@ def begin(dest: str, tag: str, tree: dict[str, Any]) -> Stage:
     # Reflinks share blocks, but a copy needs them all: count the copies in full.
     if need > free:
         raise ArtifactError(f"not enough space in {dest}: need {need} bytes, {free} free", dest)
-    stage = Stage(dest, tag, tree, tempfile.mkdtemp(dir=dest, prefix=f".{tag}.partial-"))
+    stage = Stage(dest, tag, tree, tempfile.mkdtemp(dir=dest, prefix=f".{tag}.partial-"), packed)
     try:
         os.mkdir(stage.root, 0o700)
         for entry in tree["entries"]:
@@ -102,7 +114,7 @@ def complete(stage: Stage, *, force: bool) -> str:
             os.chmod(os.path.join(root, entry["path"]), entry["mode"])
     found = manifest.scan(root)
     difference = manifest.first_difference(tree, found)
-    if difference is not None or manifest.digest(found) != manifest.digest(tree):
+    if difference is not None or manifest.digest(found) != stage.digest:
         raise ArtifactError(f"the downloaded release does not match its manifest: {difference}")
     final = os.path.join(stage.dest, stage.tag)
     record = os.path.join(stage.dest, manifest_record(stage.tag))
@@ -111,6 +123,6 @@ def complete(stage: Stage, *, force: bool) -> str:
     artifact.remove_quietly(record)
     artifact.install_dir(root, final, force)
     os.symlink(os.path.join(os.pardir, stage.tag), root)
-    replace_file(record, manifest.pack(tree), mode=0o644, prefix=f".{stage.tag}.marker-")
-    artifact.write_marker(stage.dest, stage.tag, manifest.digest(tree))
+    replace_file(record, stage.packed, mode=0o644, prefix=f".{stage.tag}.marker-")
+    artifact.write_marker(stage.dest, stage.tag, stage.digest)
     return final

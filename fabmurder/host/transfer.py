@@ -116,7 +116,7 @@ def _stage(agent: Agent) -> staging.Stage:
         )
     assert agent.meta.manifest is not None
     agent.set_state("checking")
-    stage = staging.begin(args.dest, args.tag, agent.meta.manifest)
+    stage = staging.begin(args.dest, args.tag, agent.meta.manifest, agent.meta.packed_manifest)
     agent.status.update(
         reused=stage.reused.bytes,
         reused_files=stage.reused.files,

@@ -158,7 +158,7 @@ def parse(top: dict[bytes, Any], info: dict[bytes, Any], data: bytes) -> metainf
     name = metainfo.name_of(info)
     blob = metainfo.get(info, metainfo.MANIFEST_KEY, bytes, "the manifest")
     try:
-        tree = manifest.unpack(blob)
+        tree, digest = manifest.unpack_digest(blob)
     except ArtifactError as exc:
         raise TorrentError(f"malformed torrent: {exc}") from exc
     piece_size = metainfo.get(info, b"piece length", int, "'info.piece length'")
@@ -188,6 +188,8 @@ def parse(top: dict[bytes, Any], info: dict[bytes, Any], data: bytes) -> metainf
         raw=data,
         manifest=tree,
         lengths=_payload_lengths(ti),
+        digest=digest,
+        packed_manifest=blob,
     )
 
 
