@@ -31,6 +31,7 @@ from invoke import Context
 
 from benchmarks import scalepage
 from benchmarks.profiling import AllThreads
+from benchmarks.scaling import settle
 from fabmurder import install, pipeline, releases
 from fabmurder.async_ssh import AsyncConnection
 from fabmurder.config import SSH_BACKENDS, settings
@@ -421,6 +422,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--workers", type=int, default=1, help="simulated fleet server processes")
     p.add_argument(
+        "--settle",
+        type=float,
+        default=180.0,
+        help="before each run, wait up to this many seconds for the load to fall (0: never)",
+    )
+    p.add_argument(
+        "--settle-load",
+        type=float,
+        default=2.0 * (os.cpu_count() or 1),
+        help="the 1-minute load average a run waits to fall under (default: 2 x the cores)",
+    )
+    p.add_argument(
         "--backend",
         choices=SSH_BACKENDS,
         default="fabric",
@@ -475,10 +488,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for n in real:
                 print(f"real fleet: {n} peers ...", flush=True)
+                quiet = settle(args.settle_load, args.settle)
                 results["runs"].append(
                     run_real(
                         n, real_fleet.sibling_name(args.name, "rl"), built, agent, args.backend
                     )
+                    | quiet
                 )
                 print(scalepage.line(results["runs"][-1]), flush=True)
                 save()
@@ -487,8 +502,9 @@ def main(argv: list[str] | None = None) -> int:
     for n in counts(args.sim):
         print(f"SIMULATED fleet: {n} peers ...", flush=True)
         profile = f"{args.profile}-{args.backend}-{n}.prof" if args.profile else None
+        quiet = settle(args.settle_load, args.settle)
         results["runs"].append(
-            run_simulated(n, f"{args.name}s", args.workers, args.backend, profile)
+            run_simulated(n, f"{args.name}s", args.workers, args.backend, profile) | quiet
         )
         print(scalepage.line(results["runs"][-1]), flush=True)
         save()

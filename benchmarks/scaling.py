@@ -59,6 +59,20 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def settle(below: float, at_most: float) -> dict[str, Any]:
+    """Wait until the 1-minute load average is under ``below``, for at most ``at_most`` s.
+
+    A fleet of hundreds of hosts leaves the machine loaded for a minute or
+    more after it is gone; the next run measured at once pays for it in
+    CPU seconds (N = 64 simulated after 256 real hosts ran at load 124).
+    Returns the seconds waited and the load when the run starts, for its record.
+    """
+    started = time.monotonic()
+    while os.getloadavg()[0] >= below and time.monotonic() - started < at_most:
+        time.sleep(2.0)
+    return {"settled_s": round(time.monotonic() - started, 1), "load_before": load()}
+
+
 def context(fl: Fleet, peers: list[Host], extra: dict[str, Any]) -> Context:
     """Return a Context whose ``murder`` config deploys from host 1 to ``peers``."""
     seeder = fl.hosts[0].host_string
