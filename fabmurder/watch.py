@@ -253,8 +253,8 @@ def watch(
             if stats is not None and stats.done():
                 swarm = swarm_stats(stats, report.info_hash) or swarm
                 stats = None
-            if schedule.sweep(now):
-                tally.rebuild()
+            for w in schedule.sweep(now):
+                tally.update(w)
             pending = schedule.pending
             if not pending or now - drawn >= PROGRESS_INTERVAL:
                 drawn = now
@@ -368,14 +368,20 @@ class _Schedule:
         heapq.heapify(self.heap)
         self.asked.clear()
 
-    def sweep(self, now: float) -> bool:
-        """Drop the peers settled by other means (at most every SWEEP seconds); True if it ran."""
+    def sweep(self, now: float) -> list[Watch]:
+        """Drop the peers settled by other means (at most every SWEEP seconds); return them.
+
+        Only those changed the progress line's sums: the caller updates them,
+        where rebuilding the sums from every peer was a fifth of the watch's
+        CPU at 1,000 simulated peers (cProfile of a deploy).
+        """
         if now - self.swept < SWEEP:
-            return False
+            return []
         self.swept = now
-        for w in [w for w in self.pending.values() if w.settled]:
+        found = [w for w in self.pending.values() if w.settled]
+        for w in found:
             self._settle(w)
-        return True
+        return found
 
     def due(self, now: float) -> list[Watch]:
         """Return the peers to read now (none of them with a poll out)."""
@@ -506,7 +512,7 @@ class _Tally:
 
     Summing every peer for each line made a quiet wake-up of the watch cost
     O(N); :meth:`update` is told of each peer the watch touched, and
-    :meth:`rebuild` (with the sweep) catches anything changed elsewhere.
+    :meth:`rebuild` recounts them all (after a timeout fails every peer left).
     """
 
     def __init__(self, watches: Mapping[str, Watch], size: int) -> None:
