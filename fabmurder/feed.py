@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 #: seconds the tracker host's command may take beyond its wait before the poll counts as hung
 SLACK = 20.0
+#: the longest a feed answer gathers changes, in seconds (see Feed.command)
+GATHER = 1.0
+#: pending peers per second of gathering: 1,000 pending wait the whole GATHER
+GATHER_PEERS = 1000
 #: seconds without a report after which the tracker marks a peer silent (three of
 #: its heartbeats; fabmurder starts its tracker with it)
 SILENCE = 6.0
@@ -61,19 +65,27 @@ class Feed:
     def __post_init__(self) -> None:
         self.hosts = {rid: host for host, rid in self.report_ids.items()}
 
-    def command(self, s: Settings, wait: float) -> str:
-        """Return the tracker host's command: a long poll past the last change read."""
-        url = f"{self.url}?info_hash={self.info_hash.lower()}&since={self.seq}"
-        return agent_command(
-            s, "stats", "--url", url, "--wait", f"{wait:.2f}", "--while-seq", self.seq
-        )
+    def command(self, s: Settings, wait: float, pending: int = 0) -> str:
+        """Return the tracker host's command: a long poll past the last change read.
 
-    def read(self, conn: Connection, s: Settings, wait: float) -> dict[str, Any]:
-        """Run one long poll on the tracker host; return its JSON.
+        With ``pending`` peers still to settle, an answer gathers the changes
+        of ``pending / GATHER_PEERS`` seconds (at most GATHER): the feed's
+        answers a second stay bounded however large the fleet, and the last
+        few peers' news comes at once.
+        """
+        url = f"{self.url}?info_hash={self.info_hash.lower()}&since={self.seq}"
+        gather = min(GATHER, pending / GATHER_PEERS, wait)
+        args = ["--url", url, "--wait", f"{wait:.2f}", "--while-seq", self.seq]
+        if gather >= 0.01:
+            args += ["--gather", f"{gather:.2f}"]
+        return agent_command(s, "stats", *args)
+
+    def read(self, conn: Connection, s: Settings, wait: float, pending: int = 0) -> dict[str, Any]:
+        """Run one long poll on the tracker host (see :meth:`command`); return its JSON.
 
         :raises FeedError: when the command fails or prints no object.
         """
-        result = conn.run(self.command(s, wait), timeout=wait + SLACK, **QUIET)
+        result = conn.run(self.command(s, wait, pending), timeout=wait + SLACK, **QUIET)
         if result.exited != 0:
             raise FeedError(host_name(conn), f"progress: {failure_reason(result)}", result)
         doc = parse_reply(result.stdout)

@@ -274,7 +274,8 @@ def watch(
             hold = interval if len(pending) < workers else 0.0
             if feed is not None and following is None:
                 assert s.tracker
-                following = threads.submit(feed.read, pool.get(s.tracker), s, interval)
+                tracker = pool.get(s.tracker)
+                following = threads.submit(feed.read, tracker, s, interval, len(pending))
             for w in schedule.due(now):
                 w.polled, w.running = now, 0.0
                 w.wait = hold if feed is None else 0.0

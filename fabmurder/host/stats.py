@@ -6,7 +6,11 @@ the tracker's port. With ``--wait S --while-seq N`` it is a long poll of
 ``seq`` is still ``N``, and answers at once when it moved (or after ``S``
 seconds). The control host's watch keeps one such poll open, so it hears
 of a peer's install the moment the peer reports it, at the cost of one
-process on one host however many peers there are.
+process on one host however many peers there are. With ``--gather G``
+as well, a poll whose ``seq`` moved before ``G`` seconds keeps asking
+until then and answers with the latest reply: on a large fleet, where a
+change comes every few milliseconds, one answer carries a second's
+changes (each peer's latest report once) instead of one answer per change.
 """
 
 from __future__ import annotations
@@ -48,14 +52,24 @@ def fetch(url: str, timeout: float = TIMEOUT) -> Any:
         raise MurderError(f"{url} did not return JSON: {exc}") from exc
 
 
-def follow(url: str, wait: float, seq: int, timeout: float = TIMEOUT) -> Any:
-    """Return the JSON at ``url`` once its ``seq`` is no longer ``seq``, or after ``wait`` s."""
-    deadline = time.monotonic() + wait
+def follow(url: str, wait: float, seq: int, timeout: float = TIMEOUT, gather: float = 0.0) -> Any:
+    """Return the JSON at ``url`` once its ``seq`` is no longer ``seq``, or after ``wait`` s.
+
+    :param gather: answer no sooner than this many seconds (at most ``wait``)
+        after the start, even once ``seq`` moved, with the latest reply.
+    """
+    started = time.monotonic()
+    deadline = started + wait
+    ready = started + min(gather, wait)
     while True:
         doc = fetch(url, timeout)
-        if not isinstance(doc, dict) or doc.get("seq") != seq or time.monotonic() >= deadline:
+        now = time.monotonic()
+        if not isinstance(doc, dict) or now >= deadline:
             return doc
-        time.sleep(min(STEP, max(0.0, deadline - time.monotonic())))
+        if doc.get("seq") != seq and now >= ready:
+            return doc
+        until = ready if doc.get("seq") != seq else deadline
+        time.sleep(min(STEP, max(0.0, until - now)))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -67,6 +81,9 @@ def parser() -> argparse.ArgumentParser:
         "--wait", type=float, default=0.0, help="long poll: wait up to this many seconds ..."
     )
     p.add_argument("--while-seq", type=int, help="... while the reply's seq is still this")
+    p.add_argument(
+        "--gather", type=float, default=0.0, help="... and answer no sooner than this (seconds)"
+    )
     return p
 
 
@@ -76,10 +93,12 @@ def main(argv: list[str]) -> int:
     def body(args: argparse.Namespace) -> int:
         if args.wait < 0 or args.wait > 60:
             raise MurderError("--wait must be between 0 and 60 seconds")
+        if args.gather < 0 or args.gather > 60:
+            raise MurderError("--gather must be between 0 and 60 seconds")
         if args.while_seq is None:
             emit(fetch(args.url, args.timeout))
         else:
-            emit(follow(args.url, args.wait, args.while_seq, args.timeout))
+            emit(follow(args.url, args.wait, args.while_seq, args.timeout, args.gather))
         return EXIT_OK
 
     return run(parser(), argv, body)
