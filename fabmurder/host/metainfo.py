@@ -4,10 +4,10 @@ A tarball release torrent is a v1, single-file torrent whose one file is
 ``<tag>.tar``. v1 keeps it readable by every client we test against
 (aria2c, bencode.py); the tarball's SHA-256, checked after download, covers
 what SHA-1 piece hashes do not. A tree release's torrent is a v2-only one
-(v1 beyond 2,048 files) with its manifest inside (created and read by :mod:`fabmurder.host.tree`,
-which :func:`parse` hands it to). Reading never lets a libtorrent exception
-escape: anything malformed or unexpected is a :class:`TorrentError` with a
-sentence a human can act on.
+(v1 beyond 2,048 files, or for one file) with its manifest inside (created
+and read by :mod:`fabmurder.host.tree`, which :func:`parse` hands it to).
+Reading never lets a libtorrent exception escape: anything malformed or
+unexpected is a :class:`TorrentError` with a sentence a human can act on.
 """
 
 from __future__ import annotations
