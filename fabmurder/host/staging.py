@@ -16,10 +16,8 @@ next run's leftovers).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
-import zlib
 
 from fabmurder.contract import manifest_record
 from fabmurder.errors import ArtifactError
@@ -37,15 +35,15 @@ class Stage:
     __slots__ = ("dest", "tag", "tree", "digest", "packed", "partial", "root", "reused")
 
     def __init__(
-        self, dest: str, tag: str, tree: dict[str, Any], partial: str, packed: bytes | None = None
+        self, dest: str, tag: str, tree: dict[str, Any], partial: str, packed: bytes, digest: str
     ) -> None:
         self.dest = dest
         self.tag = tag
         self.tree = tree
         #: the manifest deflated, as the record beside the release keeps it
-        self.packed = packed if packed is not None else manifest.pack(tree)
+        self.packed = packed
         #: the release digest (the SHA-256 of the manifest's canonical bytes)
-        self.digest = hashlib.sha256(zlib.decompress(self.packed)).hexdigest()
+        self.digest = digest
         #: the private directory libtorrent's save path points at
         self.partial = partial
         #: the release itself, ``<partial>/<tag>``
@@ -57,12 +55,13 @@ class Stage:
         artifact.remove_quietly(self.partial)
 
 
-def begin(dest: str, tag: str, tree: dict[str, Any], packed: bytes | None = None) -> Stage:
+def begin(dest: str, tag: str, tree: dict[str, Any], packed: bytes, digest: str) -> Stage:
     """Make the partial directory with the release's directories, filled from older releases.
 
     :param packed: ``tree`` as it rode in the torrent (:func:`manifest.pack`'s
-        bytes, checked canonical by :func:`manifest.unpack`), kept as the
-        release's record; packed again when not given.
+        bytes, checked canonical by :func:`manifest.unpack_digest`), kept as
+        the release's record.
+    :param digest: ``tree``'s digest, as :func:`manifest.unpack_digest` returned it.
 
     :raises ArtifactError: if the file system has no room for the release.
     """
@@ -74,7 +73,8 @@ def begin(dest: str, tag: str, tree: dict[str, Any], packed: bytes | None = None
     # Reflinks share blocks, but a copy needs them all: count the copies in full.
     if need > free:
         raise ArtifactError(f"not enough space in {dest}: need {need} bytes, {free} free", dest)
-    stage = Stage(dest, tag, tree, tempfile.mkdtemp(dir=dest, prefix=f".{tag}.partial-"), packed)
+    partial = tempfile.mkdtemp(dir=dest, prefix=f".{tag}.partial-")
+    stage = Stage(dest, tag, tree, partial, packed, digest)
     try:
         os.mkdir(stage.root, 0o700)
         for entry in tree["entries"]:

@@ -114,9 +114,10 @@ def _stage(agent: Agent) -> staging.Stage:
             f"the torrent's manifest has digest {agent.meta.digest}, not the {expected} "
             "the control side recorded"
         )
-    assert agent.meta.manifest is not None
+    meta = agent.meta
+    assert meta.manifest is not None and meta.packed_manifest is not None
     agent.set_state("checking")
-    stage = staging.begin(args.dest, args.tag, agent.meta.manifest, agent.meta.packed_manifest)
+    stage = staging.begin(args.dest, args.tag, meta.manifest, meta.packed_manifest, expected)
     agent.status.update(
         reused=stage.reused.bytes,
         reused_files=stage.reused.files,

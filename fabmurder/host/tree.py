@@ -62,8 +62,8 @@ def create(
 
     Returns the parsed torrent and the manifest. For a v2 torrent libtorrent
     computes every file's root while it hashes the pieces, and the manifest
-    takes them from it; for a v1 one (more than V2_MAX_FILES files) the
-    roots are hashed here.
+    takes them from it; for a v1 one (more than V2_MAX_FILES files, or one
+    file) the roots are hashed here.
 
     :raises ArtifactError: if the tree holds something a manifest refuses,
         or no non-empty file.
