@@ -163,6 +163,10 @@ def deploy(fl: Fleet, peers: list[Host], files_path: str, tag: str, extra: dict[
             "size": report.size,
             "payload_received": sum(received),
             "payload_received_max": max(received),
+            # The seeder's BitTorrent payload, as its peers counted it: what of
+            # ``seeder_sent`` (its NIC, which also carries the tracker's and SSH's
+            # answers, since host 1 is the tracker too) was release data.
+            "payload_from_seeder": sum(r.from_seeder for r in report.hosts.values()),
             "tag": tag,
         }
 
@@ -299,6 +303,10 @@ def _ratios(r: dict[str, Any], changed: int) -> list[tuple[str, Any]]:
             ratio("delta", "peer_received_max", None, ""),
         ),
         ("delta_seeder_sent_over_changed (<= 1.5)", ratio("delta", "seeder_sent", None, "")),
+        (
+            "delta_seeder_payload_over_changed (the seeder's release data alone)",
+            ratio("delta", "payload_from_seeder", None, ""),
+        ),
         ("rsync_seeder_sent_over_changed (about N)", ratio("rsync", "seeder_sent", None, "")),
         ("full_seeder_sent_over_size", ratio("full", "seeder_sent", "full", "size")),
         ("delta_wall_over_full (<= 0.25)", ratio("delta", "wall_s", "full", "wall_s", 3)),
