@@ -202,6 +202,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for path in install.wheel_set(settings(Context())).paths:
         shutil.copy(path, wheel_dir / path.name)
     extra["wheel_dir"] = str(wheel_dir)
+    if args.libtorrent:
+        extra["libtorrent"] = dict(args.libtorrent)
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "n": args.peers,
@@ -210,6 +212,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "files": args.files,
         "small_files": args.small_files,
         "machine": "shared 2-core VM, loaded by other work (see load_before)",
+        "libtorrent": dict(args.libtorrent),
     }
     fl = fleets.up(args.peers + 1, rate_mbit=args.rate, name=args.name)
     try:
@@ -376,6 +379,19 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def setting(text: str) -> tuple[str, Any]:
+    """Parse ``--libtorrent KEY=VALUE``: VALUE as an int or float when it reads as one."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--libtorrent {text!r} is not KEY=VALUE")
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and write its JSON and plot."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.delta", description=__doc__)
@@ -389,6 +405,15 @@ def main(argv: list[str] | None = None) -> None:
         "--only",
         default="",
         help=f"comma-separated measurements to run (of {','.join(MEASUREMENTS)}; default all)",
+    )
+    p.add_argument(
+        "--libtorrent",
+        type=setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a murder.libtorrent setting for every deploy (repeatable), e.g. "
+        "fabmurder_seeder_hold=5; a number when VALUE reads as one",
     )
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--plot", default=str(PLOT))
